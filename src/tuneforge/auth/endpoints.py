@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from tuneforge.auth import service
+from tuneforge.auth.deps import PrincipalDep
+from tuneforge.auth.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyOut,
+    LoginRequest,
+    MeResponse,
+    OrganizationOut,
+    RegisterRequest,
+    RegisterResponse,
+    TokenResponse,
+    UserOut,
+)
+from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.errors import Conflict, NotFound, Unauthorized, error_responses
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+@router.post(
+    "/register",
+    summary="Create a user, their organization and an owner membership",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RegisterResponse,
+    responses=error_responses(Conflict),
+)
+def register(
+    body: RegisterRequest, session: SessionDep, settings: SettingsDep
+) -> RegisterResponse:
+    user, organization, token = service.register(session, body, settings)
+    return RegisterResponse(
+        access_token=token.access_token,
+        expires_in=token.expires_in,
+        user=UserOut.model_validate(user),
+        organization=OrganizationOut.model_validate(organization),
+    )
+
+
+@router.post(
+    "/login",
+    summary="Exchange email and password for a bearer access token",
+    response_model=TokenResponse,
+    responses=error_responses(Unauthorized),
+)
+def login(body: LoginRequest, session: SessionDep, settings: SettingsDep) -> TokenResponse:
+    token = service.login(session, body.email, body.password, settings)
+    return TokenResponse(access_token=token.access_token, expires_in=token.expires_in)
+
+
+@router.get(
+    "/me",
+    summary="The calling user, organization and role",
+    response_model=MeResponse,
+    responses=error_responses(Unauthorized),
+)
+def me(principal: PrincipalDep) -> MeResponse:
+    return MeResponse(
+        user=UserOut.model_validate(principal.user),
+        organization=OrganizationOut.model_validate(principal.organization),
+        role=principal.role,
+    )
+
+
+@router.post(
+    "/api-keys",
+    summary="Create an API key (the full key is returned only this once)",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ApiKeyCreated,
+    responses=error_responses(Unauthorized),
+)
+def create_api_key(body: ApiKeyCreate, principal: PrincipalDep, session: SessionDep) -> ApiKeyCreated:
+    api_key, key = service.create_api_key(session, principal, body)
+    return ApiKeyCreated(**ApiKeyOut.model_validate(api_key).model_dump(), key=key)
+
+
+@router.get(
+    "/api-keys",
+    summary="List the organization's API keys (prefixes only)",
+    response_model=list[ApiKeyOut],
+    responses=error_responses(Unauthorized),
+)
+def list_api_keys(principal: PrincipalDep, session: SessionDep) -> list[ApiKeyOut]:
+    return [ApiKeyOut.model_validate(k) for k in service.list_api_keys(session, principal)]
+
+
+@router.delete(
+    "/api-keys/{api_key_id}",
+    summary="Revoke an API key",
+    response_model=ApiKeyOut,
+    responses=error_responses(Unauthorized, NotFound),
+)
+def revoke_api_key(api_key_id: str, principal: PrincipalDep, session: SessionDep) -> ApiKeyOut:
+    return ApiKeyOut.model_validate(service.revoke_api_key(session, principal, api_key_id))

@@ -1,0 +1,66 @@
+"""Password hashing, JWT issuing/verification and API key material."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerifyMismatchError
+
+from tuneforge.errors import Unauthorized
+
+API_KEY_PREFIX = "tf-"
+_hasher = PasswordHasher()
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerifyMismatchError, InvalidHashError):
+        return False
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    user_id: str
+    organization_id: str
+
+
+def issue_access_token(claims: TokenClaims, secret: str, expires_in: int) -> str:
+    now = datetime.now(UTC)
+    payload = {
+        "sub": claims.user_id,
+        "org": claims.organization_id,
+        "iat": now,
+        "exp": now + timedelta(seconds=expires_in),
+    }
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def decode_access_token(token: str, secret: str) -> TokenClaims:
+    try:
+        payload = jwt.decode(
+            token, secret, algorithms=["HS256"], options={"require": ["exp", "sub", "org"]}
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthorized("Access token has expired") from exc
+    except jwt.InvalidTokenError as exc:
+        raise Unauthorized("Access token is invalid") from exc
+    return TokenClaims(user_id=payload["sub"], organization_id=payload["org"])
+
+
+def generate_api_key() -> str:
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> str:
+    """API keys are high-entropy, so a fast digest is enough and allows an indexed lookup."""
+    return hashlib.sha256(key.encode()).hexdigest()

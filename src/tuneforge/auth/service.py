@@ -1,0 +1,119 @@
+"""Accounts: registration, login, the caller's identity and API keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from tuneforge.auth import repository
+from tuneforge.auth.schemas import ApiKeyCreate, RegisterRequest
+from tuneforge.auth.security import (
+    TokenClaims,
+    decode_access_token,
+    generate_api_key,
+    hash_api_key,
+    hash_password,
+    issue_access_token,
+    verify_password,
+)
+from tuneforge.auth.tables import ApiKey, Membership, Organization, Role, User
+from tuneforge.config import Settings
+from tuneforge.db.base import utcnow
+from tuneforge.db.scoping import get_owned
+from tuneforge.errors import Conflict, Unauthorized
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling and on behalf of which organization."""
+
+    user: User
+    organization: Organization
+    role: Role
+
+    @property
+    def organization_id(self) -> str:
+        return self.organization.id
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    access_token: str
+    expires_in: int
+
+
+def register(
+    session: Session, request: RegisterRequest, settings: Settings
+) -> tuple[User, Organization, IssuedToken]:
+    if repository.get_user_by_email(session, request.email) is not None:
+        raise Conflict(f"A user with email {request.email} already exists", field="email")
+    user = User(email=request.email, name=request.name, password_hash=hash_password(request.password))
+    organization = Organization(name=request.organization_name)
+    session.add_all([user, organization])
+    session.flush()
+    session.add(Membership(user_id=user.id, organization_id=organization.id, role=Role.OWNER))
+    session.flush()
+    return user, organization, _issue(user.id, organization.id, settings)
+
+
+def login(session: Session, email: str, password: str, settings: Settings) -> IssuedToken:
+    user = repository.get_user_by_email(session, email)
+    if user is None or not user.is_active or not verify_password(user.password_hash, password):
+        raise Unauthorized("Email or password is incorrect")
+    membership = repository.first_membership(session, user.id)
+    if membership is None:
+        raise Unauthorized("This user belongs to no organization")
+    return _issue(user.id, membership.organization_id, settings)
+
+
+def _issue(user_id: str, organization_id: str, settings: Settings) -> IssuedToken:
+    claims = TokenClaims(user_id=user_id, organization_id=organization_id)
+    token = issue_access_token(claims, settings.signing_key(), settings.jwt_expiry_seconds)
+    return IssuedToken(access_token=token, expires_in=settings.jwt_expiry_seconds)
+
+
+def authenticate(session: Session, bearer: str, settings: Settings) -> Principal:
+    """Resolve a bearer credential: an API key (``tf-...``) or a JWT access token."""
+    if bearer.startswith("tf-"):
+        api_key = repository.get_api_key_by_hash(session, hash_api_key(bearer))
+        if api_key is None:
+            raise Unauthorized("API key is invalid or revoked")
+        api_key.last_used_at = utcnow()
+        user_id, organization_id = api_key.user_id, api_key.organization_id
+    else:
+        claims = decode_access_token(bearer, settings.signing_key())
+        user_id, organization_id = claims.user_id, claims.organization_id
+    user = session.get(User, user_id)
+    membership = repository.get_membership(session, user_id, organization_id)
+    organization = repository.get_organization(session, organization_id)
+    if user is None or not user.is_active or membership is None or organization is None:
+        raise Unauthorized("Credentials no longer grant access")
+    return Principal(user=user, organization=organization, role=membership.role)
+
+
+def create_api_key(
+    session: Session, principal: Principal, request: ApiKeyCreate
+) -> tuple[ApiKey, str]:
+    key = generate_api_key()
+    api_key = ApiKey(
+        organization_id=principal.organization_id,
+        user_id=principal.user.id,
+        name=request.name,
+        prefix=key[:10],
+        key_hash=hash_api_key(key),
+    )
+    session.add(api_key)
+    session.flush()
+    return api_key, key
+
+
+def list_api_keys(session: Session, principal: Principal) -> list[ApiKey]:
+    return repository.list_api_keys(session, principal.organization_id)
+
+
+def revoke_api_key(session: Session, principal: Principal, api_key_id: str) -> ApiKey:
+    api_key = get_owned(session, ApiKey, api_key_id, principal.organization_id, label="API key")
+    if api_key.revoked_at is None:
+        api_key.revoked_at = utcnow()
+    return api_key

@@ -1,0 +1,75 @@
+"""Settings read from ``TUNEFORGE_*`` environment variables and ``.env``."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PRICES_PER_MILLION_TRAINING_TOKENS: dict[str, float] = {
+    "gpt-4o-2024-08-06": 25.0,
+    "gpt-4o-mini-2024-07-18": 3.0,
+    "gpt-4.1-2025-04-14": 25.0,
+    "gpt-4.1-mini-2025-04-14": 5.0,
+    "gpt-4.1-nano-2025-04-14": 1.5,
+    "gpt-3.5-turbo-0125": 8.0,
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNEFORGE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("./var")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; defaults to a SQLite file in data_dir."
+    )
+    jwt_secret: str | None = Field(
+        default=None, description="HS256 key; generated once into data_dir when unset."
+    )
+    jwt_expiry_seconds: int = 60 * 60 * 24
+    upload_limit_bytes: int = 100 * 1024 * 1024
+    polling_interval_seconds: float = 60.0
+    cors_origins: list[str] = []
+    embedded_worker: bool = True
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    training_prices_per_million_tokens: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES_PER_MILLION_TRAINING_TOKENS)
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'tuneforge.db').resolve()}"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def model_store_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def ensure_data_dir(self) -> None:
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+
+    def signing_key(self) -> str:
+        """The configured JWT secret, or one generated once and kept in the data dir."""
+        if self.jwt_secret:
+            return self.jwt_secret
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key_file = self.data_dir / "jwt_secret"
+        if not key_file.exists():
+            key_file.write_text(secrets.token_urlsafe(48))
+            key_file.chmod(0o600)
+        self.jwt_secret = key_file.read_text().strip()
+        return self.jwt_secret
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Database layer; importing ``tuneforge.db.tables`` registers every table on the metadata."""
