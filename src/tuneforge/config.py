@@ -34,8 +34,10 @@ class Settings(BaseSettings):
     polling_interval_seconds: float = 60.0
     cors_origins: list[str] = []
     embedded_worker: bool = True
+    worker_lease_seconds: float = 30.0
     openai_api_key: str | None = None
     openai_base_url: str | None = None
+    openai_timeout_seconds: float = 30.0
     training_prices_per_million_tokens: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_PRICES_PER_MILLION_TRAINING_TOKENS)
     )

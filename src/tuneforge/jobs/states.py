@@ -1,0 +1,145 @@
+"""The one state machine every provider's jobs follow, and the one function that moves a job.
+
+Every status change (worker, poller, cancel, provider callbacks) goes through
+``transition_job``: it locks the row, checks the move against ``ALLOWED_TRANSITIONS``,
+applies the accompanying field updates and appends an event, all in the caller's
+transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tuneforge.db.base import utcnow
+from tuneforge.errors import Conflict, NotFound
+from tuneforge.jobs.tables import FineTuningEvent, FineTuningJob, JobStatus
+
+S = JobStatus
+
+TERMINAL_STATUSES = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED})
+ACTIVE_STATUSES = frozenset(set(S) - TERMINAL_STATUSES)
+
+ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    S.PENDING: frozenset({S.VALIDATING_FILES, S.QUEUED, S.RUNNING, S.FAILED, S.CANCELLED}),
+    S.VALIDATING_FILES: frozenset({S.QUEUED, S.RUNNING, S.FAILED, S.CANCELLING, S.CANCELLED}),
+    S.QUEUED: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLING, S.CANCELLED}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLING, S.CANCELLED}),
+    S.CANCELLING: frozenset({S.CANCELLED, S.SUCCEEDED, S.FAILED}),
+    S.SUCCEEDED: frozenset(),
+    S.FAILED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+
+
+class InvalidTransition(Conflict):
+    """A move the state machine does not allow; a user action gets it as a 409."""
+
+
+@dataclass
+class JobUpdate:
+    """Fields that change together with (or without) a status change."""
+
+    progress_percentage: float | None = None
+    trained_tokens: int | None = None
+    estimated_finish: datetime | None = None
+    latest_metrics: dict[str, float] | None = None
+    fine_tuned_model_name: str | None = None
+    provider_job_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def can_transition(current: JobStatus, target: JobStatus) -> bool:
+    return target in ALLOWED_TRANSITIONS[current]
+
+
+def lock_job(session: Session, job_id: str) -> FineTuningJob:
+    job = session.scalars(
+        select(FineTuningJob).where(FineTuningJob.id == job_id).with_for_update()
+    ).first()
+    if job is None:
+        raise NotFound(f"Fine-tuning job {job_id} not found")
+    return job
+
+
+def transition_job(
+    session: Session,
+    job_id: str,
+    target: JobStatus | None,
+    *,
+    message: str | None = None,
+    update: JobUpdate | None = None,
+    event_type: str = "status",
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+) -> FineTuningJob:
+    """Move a job to ``target`` (or only update its fields when ``target`` is None).
+
+    Moving to the status the job already has is a no-op for the status (pollers see the
+    same status many times); any other move not in the table raises InvalidTransition.
+    """
+    job = lock_job(session, job_id)
+    changed = target is not None and target != job.status
+    if changed and not can_transition(job.status, target):
+        raise InvalidTransition(
+            f"Job {job.id} cannot go from {job.status.value} to {target.value}",
+            status=job.status.value,
+        )
+    if update is not None:
+        _apply_update(job, update)
+    if changed:
+        previous = job.status
+        job.status = target
+        now = utcnow()
+        if target == S.RUNNING and job.started_at is None:
+            job.started_at = now
+        if target in TERMINAL_STATUSES:
+            job.finished_at = now
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.run_after = None
+            job.estimated_finish = None
+            if target == S.SUCCEEDED:
+                job.progress_percentage = 100.0
+        session.add(
+            FineTuningEvent(
+                job_id=job.id,
+                level="error" if target == S.FAILED else level,
+                event_type=event_type,
+                message=message or f"Job status changed from {previous.value} to {target.value}",
+                data={"from": previous.value, "to": target.value, **(data or {})},
+            )
+        )
+    elif message is not None:
+        session.add(
+            FineTuningEvent(
+                job_id=job.id, level=level, event_type=event_type, message=message, data=data
+            )
+        )
+    session.flush()
+    return job
+
+
+def _apply_update(job: FineTuningJob, update: JobUpdate) -> None:
+    for name in (
+        "progress_percentage",
+        "trained_tokens",
+        "estimated_finish",
+        "fine_tuned_model_name",
+        "provider_job_id",
+        "error_code",
+        "error_message",
+    ):
+        value = getattr(update, name)
+        if value is not None:
+            setattr(job, name, value)
+    if update.latest_metrics:
+        job.latest_metrics = {**(job.latest_metrics or {}), **update.latest_metrics}
+    for name, value in update.extra.items():
+        setattr(job, name, value)

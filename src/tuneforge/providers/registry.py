@@ -1,0 +1,34 @@
+"""Providers by name. Adding a provider means one module and one entry in ``_FACTORIES``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tuneforge.config import Settings
+from tuneforge.errors import InvalidInput
+from tuneforge.providers.base import FineTuningProvider
+
+
+def _openai(settings: Settings) -> FineTuningProvider:
+    from tuneforge.providers.openai import OpenAIProvider
+
+    return OpenAIProvider(settings)
+
+
+_FACTORIES: dict[str, Callable[[Settings], FineTuningProvider]] = {
+    "openai": _openai,
+}
+
+
+def provider_names() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def get_provider(name: str, settings: Settings) -> FineTuningProvider:
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        raise InvalidInput(
+            f"Unknown provider {name!r}; available: {', '.join(provider_names())}",
+            field="provider",
+        )
+    return factory(settings)
