@@ -29,9 +29,7 @@ router = APIRouter(prefix="/auth", tags=["auth"])
     response_model=RegisterResponse,
     responses=error_responses(Conflict),
 )
-def register(
-    body: RegisterRequest, session: SessionDep, settings: SettingsDep
-) -> RegisterResponse:
+def register(body: RegisterRequest, session: SessionDep, settings: SettingsDep) -> RegisterResponse:
     user, organization, token = service.register(session, body, settings)
     return RegisterResponse(
         access_token=token.access_token,
@@ -73,7 +71,9 @@ def me(principal: PrincipalDep) -> MeResponse:
     response_model=ApiKeyCreated,
     responses=error_responses(Unauthorized),
 )
-def create_api_key(body: ApiKeyCreate, principal: PrincipalDep, session: SessionDep) -> ApiKeyCreated:
+def create_api_key(
+    body: ApiKeyCreate, principal: PrincipalDep, session: SessionDep
+) -> ApiKeyCreated:
     api_key, key = service.create_api_key(session, principal, body)
     return ApiKeyCreated(**ApiKeyOut.model_validate(api_key).model_dump(), key=key)
 

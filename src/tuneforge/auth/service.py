@@ -48,7 +48,9 @@ def register(
 ) -> tuple[User, Organization, IssuedToken]:
     if repository.get_user_by_email(session, request.email) is not None:
         raise Conflict(f"A user with email {request.email} already exists", field="email")
-    user = User(email=request.email, name=request.name, password_hash=hash_password(request.password))
+    user = User(
+        email=request.email, name=request.name, password_hash=hash_password(request.password)
+    )
     organization = Organization(name=request.organization_name)
     session.add_all([user, organization])
     session.flush()

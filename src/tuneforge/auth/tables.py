@@ -38,9 +38,7 @@ class Membership(IdMixin, Base):
     organization_id: Mapped[str] = mapped_column(
         ForeignKey("organizations.id", ondelete="CASCADE"), index=True
     )
-    role: Mapped[Role] = mapped_column(
-        str_enum(Role)
-    )
+    role: Mapped[Role] = mapped_column(str_enum(Role))
 
 
 class ApiKey(IdMixin, Base):

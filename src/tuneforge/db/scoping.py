@@ -12,7 +12,9 @@ from tuneforge.errors import NotFound
 T = TypeVar("T")
 
 
-def org_scoped(model: type[T], organization_id: str, *, include_deleted: bool = False) -> Select[Any]:
+def org_scoped(
+    model: type[T], organization_id: str, *, include_deleted: bool = False
+) -> Select[Any]:
     """A SELECT of ``model`` rows owned by the organization, hiding soft-deleted ones."""
     stmt = select(model).where(model.organization_id == organization_id)  # type: ignore[attr-defined]
     if not include_deleted and hasattr(model, "deleted_at"):

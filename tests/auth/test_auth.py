@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import jwt
+from fastapi.testclient import TestClient
+
+from tests.fixtures.api import Account
+from tuneforge.config import Settings
+
+
+def test_register_returns_a_token_that_identifies_the_user(
+    client: TestClient, account: Account
+) -> None:
+    response = client.get("/auth/me", headers=account.headers)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["user"]["email"] == account.email
+    assert body["organization"]["id"] == account.organization_id
+    assert body["role"] == "owner"
+
+
+def test_register_rejects_a_taken_email(client: TestClient, account: Account) -> None:
+    response = client.post(
+        "/auth/register",
+        json={
+            "email": account.email.upper(),
+            "password": "another password",
+            "name": "Copy",
+            "organization_name": "Copy Org",
+        },
+    )
+
+    assert response.status_code == 409
+    assert response.json()["error"] == "conflict"
+
+
+def test_register_validation_error_names_the_field(client: TestClient) -> None:
+    response = client.post(
+        "/auth/register",
+        json={"email": "not-an-email", "password": "short", "name": "x", "organization_name": "y"},
+    )
+
+    assert response.status_code == 422
+    fields = {f["field"] for f in response.json()["fields"]}
+    assert {"body.email", "body.password"} <= fields
+
+
+def test_login_issues_a_bearer_token(client: TestClient, account: Account) -> None:
+    response = client.post(
+        "/auth/login", json={"email": account.email, "password": account.password}
+    )
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] > 0
+    me = client.get("/auth/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert me.json()["user"]["id"] == account.user_id
+
+
+def test_login_with_a_wrong_password_is_401(client: TestClient, account: Account) -> None:
+    response = client.post("/auth/login", json={"email": account.email, "password": "wrong pass"})
+
+    assert response.status_code == 401
+    assert response.json()["detail"] == "Email or password is incorrect"
+
+
+def test_missing_token_is_401(client: TestClient) -> None:
+    assert client.get("/auth/me").status_code == 401
+
+
+def test_expired_token_is_401(client: TestClient, account: Account, settings: Settings) -> None:
+    past = datetime.now(UTC) - timedelta(hours=2)
+    token = jwt.encode(
+        {"sub": account.user_id, "org": account.organization_id, "iat": past, "exp": past},
+        settings.signing_key(),
+        algorithm="HS256",
+    )
+
+    response = client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 401
+    assert "expired" in response.json()["detail"]
+
+
+def test_tampered_token_is_401(client: TestClient, account: Account) -> None:
+    header, payload, signature = account.token.split(".")
+    forged_signature = ("A" if signature[0] != "A" else "B") + signature[1:]
+
+    response = client.get(
+        "/auth/me", headers={"Authorization": f"Bearer {header}.{payload}.{forged_signature}"}
+    )
+
+    assert response.status_code == 401
+
+
+def test_token_signed_with_another_key_is_401(client: TestClient, account: Account) -> None:
+    token = jwt.encode(
+        {
+            "sub": account.user_id,
+            "org": account.organization_id,
+            "exp": datetime.now(UTC) + timedelta(hours=1),
+        },
+        "some-other-signing-key-of-sufficient-length",
+        algorithm="HS256",
+    )
+
+    assert client.get("/auth/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
+def test_api_key_is_shown_once_and_authenticates(client: TestClient, account: Account) -> None:
+    created = client.post("/auth/api-keys", json={"name": "ci"}, headers=account.headers)
+    assert created.status_code == 201
+    key = created.json()["key"]
+    assert key.startswith("tf-")
+
+    me = client.get("/auth/me", headers={"Authorization": f"Bearer {key}"})
+    assert me.status_code == 200
+    assert me.json()["organization"]["id"] == account.organization_id
+
+    listed = client.get("/auth/api-keys", headers=account.headers).json()
+    assert [k["prefix"] for k in listed] == [key[:10]]
+    assert "key" not in listed[0]
+    assert listed[0]["last_used_at"] is not None
+
+
+def test_revoked_api_key_is_401(client: TestClient, account: Account) -> None:
+    created = client.post("/auth/api-keys", json={"name": "temp"}, headers=account.headers).json()
+
+    revoked = client.delete(f"/auth/api-keys/{created['id']}", headers=account.headers)
+
+    assert revoked.status_code == 200
+    assert revoked.json()["revoked_at"] is not None
+    response = client.get("/auth/me", headers={"Authorization": f"Bearer {created['key']}"})
+    assert response.status_code == 401
+
+
+def test_unknown_api_key_is_401(client: TestClient) -> None:
+    response = client.get("/auth/me", headers={"Authorization": "Bearer tf-not-a-real-key"})
+
+    assert response.status_code == 401
+
+
+def test_another_organizations_api_key_cannot_be_revoked(
+    client: TestClient, account: Account, other_account: Account
+) -> None:
+    created = client.post("/auth/api-keys", json={"name": "mine"}, headers=account.headers).json()
+
+    response = client.delete(f"/auth/api-keys/{created['id']}", headers=other_account.headers)
+
+    assert response.status_code == 404
+    assert (
+        client.get("/auth/me", headers={"Authorization": f"Bearer {created['key']}"}).status_code
+        == 200
+    )
