@@ -7,10 +7,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from tests.fixtures.api import Account
+from tests.fixtures.factories import Factories
 from tuneforge.agents.tables import Agent
 from tuneforge.datasets.tables import DatasetFormat, FineTuningDataset
 from tuneforge.jobs.tables import FineTuningJob
-from tuneforge.models.tables import FineTunedModel
+from tuneforge.models.tables import FineTunedModel, ModelStatus
 
 
 def create_agent(client: TestClient, account: Account, **fields: Any) -> dict[str, Any]:
@@ -299,3 +300,16 @@ def test_an_api_key_can_manage_agents(client: TestClient, account: Account) -> N
 
     assert response.status_code == 201
     assert client.get("/agents", headers=account.headers).json()["total"] == 1
+
+
+def test_an_archived_fine_tuned_model_cannot_serve_an_agent(
+    client: TestClient, account: Account, factories: Factories
+) -> None:
+    archived = factories.model(organization_id=account.organization_id, status=ModelStatus.ARCHIVED)
+
+    response = client.post(
+        "/agents", json={"name": "bot", "model": archived.id}, headers=account.headers
+    )
+
+    assert response.status_code == 409
+    assert response.json()["field"] == "model"

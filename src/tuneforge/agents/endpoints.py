@@ -24,7 +24,7 @@ from tuneforge.agents.schemas import (
 )
 from tuneforge.auth.deps import PrincipalDep
 from tuneforge.db.session import SessionDep
-from tuneforge.errors import InvalidInput, NotFound, Unauthorized, error_responses
+from tuneforge.errors import Conflict, InvalidInput, NotFound, Unauthorized, error_responses
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
@@ -37,7 +37,7 @@ Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
     summary="Create an agent on a base model or one of the organization's fine-tuned models",
     status_code=status.HTTP_201_CREATED,
     response_model=AgentOut,
-    responses=error_responses(Unauthorized, InvalidInput),
+    responses=error_responses(Unauthorized, InvalidInput, Conflict),
 )
 def create_agent(body: AgentCreate, principal: PrincipalDep, session: SessionDep) -> AgentOut:
     agent = service.create_agent(session, principal.organization_id, body)
@@ -81,7 +81,7 @@ def get_agent(agent_id: str, principal: PrincipalDep, session: SessionDep) -> Ag
     "/{agent_id}",
     summary="Change some of an agent's fields; a new model re-links its fine-tuned model",
     response_model=AgentOut,
-    responses=error_responses(Unauthorized, NotFound, InvalidInput),
+    responses=error_responses(Unauthorized, NotFound, InvalidInput, Conflict),
 )
 def update_agent(
     agent_id: str, body: AgentUpdate, principal: PrincipalDep, session: SessionDep

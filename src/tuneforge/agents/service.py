@@ -20,13 +20,24 @@ from tuneforge.agents.schemas import (
 from tuneforge.agents.tables import Agent, Conversation, ConversationMessage, ConversationTag
 from tuneforge.db.base import utcnow
 from tuneforge.db.scoping import get_owned
-from tuneforge.errors import InvalidInput, NotFound
+from tuneforge.errors import Conflict, InvalidInput, NotFound
+from tuneforge.models.tables import FineTunedModel, ModelStatus
 
 DEFAULT_PROVIDER = "local"
 
 
+def _linkable_fine_tuned_model(
+    session: Session, organization_id: str, model: str
+) -> FineTunedModel | None:
+    """The org's fine-tuned model named by ``model``; an archived one cannot serve an agent."""
+    fine_tuned = repository.find_fine_tuned_model(session, organization_id, model)
+    if fine_tuned is not None and fine_tuned.status == ModelStatus.ARCHIVED:
+        raise Conflict(f"Model {fine_tuned.id} is archived; unarchive it first", field="model")
+    return fine_tuned
+
+
 def create_agent(session: Session, organization_id: str, request: AgentCreate) -> Agent:
-    fine_tuned = repository.find_fine_tuned_model(session, organization_id, request.model)
+    fine_tuned = _linkable_fine_tuned_model(session, organization_id, request.model)
     agent = Agent(
         organization_id=organization_id,
         name=request.name,
@@ -61,7 +72,7 @@ def update_agent(
     for field, value in changes.items():
         setattr(agent, field, value)
     if "model" in changes:
-        fine_tuned = repository.find_fine_tuned_model(session, organization_id, agent.model)
+        fine_tuned = _linkable_fine_tuned_model(session, organization_id, agent.model)
         agent.fine_tuned_model_id = fine_tuned.id if fine_tuned else None
     session.flush()
     return agent
