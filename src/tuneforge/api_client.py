@@ -1,0 +1,145 @@
+"""The HTTP client behind the CLI commands that drive a TuneForge server.
+
+Commands talk to the API rather than the database so they work against any server the
+user can reach, with the same authorization and validation as every other client.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+STREAM_RECONNECT_ATTEMPTS = 5
+STREAM_RECONNECT_DELAY_SECONDS = 2.0
+# The server sends a keepalive comment every 15 s; four missed ones mean a dead connection.
+STREAM_READ_TIMEOUT_SECONDS = 60.0
+
+ApiUrlOption = Annotated[
+    str,
+    typer.Option("--api-url", envvar="TUNEFORGE_API_URL", help="Base URL of the TuneForge API."),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option("--token", envvar="TUNEFORGE_TOKEN", help="Access token or API key (tf-...)."),
+]
+
+
+class ApiError(Exception):
+    """The server refused the request, or could not be reached (``status_code`` 0)."""
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.detail} (HTTP {self.status_code})" if self.status_code else self.detail
+
+
+@dataclass(frozen=True)
+class ServerSentEvent:
+    id: str | None
+    event: str
+    data: str
+
+
+def parse_server_sent_events(lines: Iterable[str]) -> Iterator[ServerSentEvent]:
+    """Messages of a ``text/event-stream``, by the WHATWG rules the dashboard's browser uses."""
+    event_id: str | None = None
+    event = "message"
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield ServerSentEvent(event_id, event, "\n".join(data))
+            event, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+        elif name == "id":
+            event_id = value
+
+
+def _error_detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip() or response.reason_phrase
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])
+    return str(body)
+
+
+class ApiClient:
+    """JSON requests with the bearer token; any error response raises ``ApiError``."""
+
+    def __init__(self, api_url: str, token: str | None, *, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.api_url = api_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.api_url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(0, f"Cannot reach {self.api_url}: {exc}") from exc
+        if response.is_error:
+            raise ApiError(response.status_code, _error_detail(response))
+        return response.json()
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self.request("POST", path, json=body)
+
+    def follow_events(self, path: str) -> Iterator[ServerSentEvent]:
+        """An SSE endpoint's messages until the server ends the stream.
+
+        A dropped connection is resumed from the last message id (``Last-Event-ID``), so a
+        server restart loses nothing; only repeated failures in a row give up.
+        """
+        last_id: str | None = None
+        failures = 0
+        timeout = httpx.Timeout(self._http.timeout.connect, read=STREAM_READ_TIMEOUT_SECONDS)
+        while True:
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            try:
+                with self._http.stream("GET", path, headers=headers, timeout=timeout) as response:
+                    if response.is_error:
+                        response.read()
+                        raise ApiError(response.status_code, _error_detail(response))
+                    for message in parse_server_sent_events(response.iter_lines()):
+                        failures = 0
+                        last_id = message.id or last_id
+                        yield message
+                return
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > STREAM_RECONNECT_ATTEMPTS:
+                    raise ApiError(0, f"Lost the stream from {self.api_url}: {exc}") from exc
+                time.sleep(STREAM_RECONNECT_DELAY_SECONDS)

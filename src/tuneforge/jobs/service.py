@@ -1,0 +1,383 @@
+"""Creating, reading, cancelling and syncing fine-tuning jobs.
+
+A job row is its own queue entry: ``create_job`` inserts it due now in the caller's
+transaction, so a rolled-back request leaves no work behind. Every status change goes
+through ``transition_job``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+
+import anyio
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from tuneforge.config import Settings
+from tuneforge.datasets.service import require_valid_dataset
+from tuneforge.datasets.validation import ValidationReport
+from tuneforge.db.base import utcnow
+from tuneforge.db.engine import unit_of_work
+from tuneforge.db.scoping import get_owned
+from tuneforge.errors import Conflict, InvalidInput
+from tuneforge.jobs import repository
+from tuneforge.jobs.hyperparameters import (
+    resolve_epochs,
+    resolve_hyperparameters,
+    shared_hyperparameters,
+)
+from tuneforge.jobs.repository import JobFilter
+from tuneforge.jobs.schemas import (
+    EstimateOut,
+    EstimateRequest,
+    EventOut,
+    JobCreate,
+    JobOut,
+    MetricPoint,
+)
+from tuneforge.jobs.states import TERMINAL_STATUSES, JobUpdate, transition_job
+from tuneforge.jobs.tables import (
+    FineTuningEvent,
+    FineTuningJob,
+    JobCheckpoint,
+    JobMetric,
+    JobStatus,
+)
+from tuneforge.providers.catalog import find_base_model, training_price_per_million
+from tuneforge.providers.registry import get_provider
+from tuneforge.worker.monitors import advance_job_now
+
+S = JobStatus
+JOB_LABEL = "Fine-tuning job"
+
+
+def create_job(
+    session: Session,
+    settings: Settings,
+    organization_id: str,
+    user_id: str | None,
+    request: JobCreate,
+) -> FineTuningJob:
+    """Check everything a worker would trip over later, then queue the job."""
+    dataset = require_valid_dataset(session, organization_id, request.dataset_id)
+    if dataset.train_examples == 0:
+        raise InvalidInput(
+            f"dataset_id: dataset {dataset.name!r} ({dataset.id}) has no training examples; "
+            "every valid example is in its validation split",
+            field="dataset_id",
+        )
+    if request.validation_dataset_id is not None:
+        _require_validation_dataset(
+            session, organization_id, dataset.id, request.validation_dataset_id
+        )
+    provider_name = _check_model_and_provider(settings, request.model, request.provider)
+    job = FineTuningJob(
+        organization_id=organization_id,
+        created_by=user_id,
+        dataset_id=dataset.id,
+        validation_dataset_id=request.validation_dataset_id,
+        name=request.name,
+        provider=provider_name,
+        base_model=request.model,
+        status=S.PENDING,
+        hyperparameters=request.hyperparameters.model_dump(),
+        suffix=request.suffix,
+        seed=request.seed,
+        job_metadata=request.metadata,
+        run_after=utcnow(),
+    )
+    session.add(job)
+    session.flush()
+    resolved = resolve_hyperparameters(request.hyperparameters, dataset.train_examples)
+    return transition_job(
+        session,
+        job.id,
+        None,
+        message=f"Created fine-tuning job {job.id}: {request.model} on {provider_name}",
+        event_type="created",
+        data={
+            "dataset_id": dataset.id,
+            "validation_dataset_id": request.validation_dataset_id,
+            "requested_hyperparameters": request.hyperparameters.model_dump(),
+            "hyperparameters": resolved.model_dump(),
+        },
+    )
+
+
+def _require_validation_dataset(
+    session: Session, organization_id: str, dataset_id: str, validation_dataset_id: str
+) -> None:
+    if validation_dataset_id == dataset_id:
+        raise InvalidInput(
+            "validation_dataset_id: must differ from dataset_id; to hold out part of one "
+            "dataset, give it a validation split",
+            field="validation_dataset_id",
+        )
+    try:
+        require_valid_dataset(session, organization_id, validation_dataset_id)
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"validation_dataset_id: {exc.detail}",
+            **{**exc.extra, "field": "validation_dataset_id"},
+        ) from exc
+
+
+def _check_model_and_provider(settings: Settings, model: str, provider: str | None) -> str:
+    """The provider that will train ``model``; unknown, unoffered or unconfigured is a 422."""
+    base_model = find_base_model(model, settings)
+    provider_name = provider or base_model.provider
+    trainer = get_provider(provider_name, settings)
+    offered = [m.name for m in trainer.list_base_models()]
+    if model not in offered:
+        raise InvalidInput(
+            f"model: provider {provider_name!r} does not fine-tune {model!r}; "
+            f"it offers: {', '.join(offered) or 'nothing'}",
+            field="model",
+        )
+    trainer.ensure_configured()
+    return provider_name
+
+
+def get_job(session: Session, organization_id: str, job_id: str) -> FineTuningJob:
+    return get_owned(session, FineTuningJob, job_id, organization_id, label=JOB_LABEL)
+
+
+def list_jobs(
+    session: Session, organization_id: str, job_filter: JobFilter, *, limit: int, offset: int
+) -> tuple[list[FineTuningJob], int]:
+    return repository.list_jobs(session, organization_id, job_filter, limit=limit, offset=offset)
+
+
+def describe_jobs(
+    session: Session, organization_id: str, jobs: Sequence[FineTuningJob]
+) -> list[JobOut]:
+    """Jobs as the API shows them, with two queries for all their datasets and models."""
+    datasets = repository.datasets_by_id(session, organization_id, [j.dataset_id for j in jobs])
+    model_ids = repository.model_ids_by_job(session, organization_id, [j.id for j in jobs])
+    views = []
+    for job in jobs:
+        requested = shared_hyperparameters(job.hyperparameters or {})
+        dataset = datasets.get(job.dataset_id)
+        resolved = resolve_hyperparameters(requested, dataset.train_examples if dataset else 0)
+        views.append(JobOut.from_job(job, resolved, model_ids.get(job.id)))
+    return views
+
+
+def describe_job(session: Session, organization_id: str, job: FineTuningJob) -> JobOut:
+    return describe_jobs(session, organization_id, [job])[0]
+
+
+def cancel_job(session: Session, organization_id: str, job_id: str) -> FineTuningJob:
+    """Cancel at once what no provider has yet; otherwise hand the cancel to a worker now."""
+    job = get_owned(
+        session, FineTuningJob, job_id, organization_id, label=JOB_LABEL, for_update=True
+    )
+    if job.status in TERMINAL_STATUSES:
+        raise Conflict(f"Job {job.id} is already {job.status.value}", status=job.status.value)
+    if job.status == S.CANCELLING:
+        return job
+    if job.status in (S.PENDING, S.QUEUED) and job.provider_job_id is None:
+        return transition_job(
+            session, job.id, S.CANCELLED, message="Cancelled before training started"
+        )
+    return transition_job(
+        session,
+        job.id,
+        S.CANCELLING,
+        message="Cancellation requested",
+        update=JobUpdate(extra={"run_after": utcnow()}),
+    )
+
+
+def sync_job(
+    session: Session,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    organization_id: str,
+    job_id: str,
+) -> FineTuningJob:
+    """Advance the job with its provider now (in the worker's own transactions), re-read it."""
+    job = get_job(session, organization_id, job_id)
+    advance_job_now(session_factory, settings, job.id)
+    session.refresh(job)
+    return job
+
+
+def list_events(
+    session: Session, organization_id: str, job_id: str, *, after: int | None, limit: int
+) -> tuple[list[FineTuningEvent], bool]:
+    job = get_job(session, organization_id, job_id)
+    return repository.list_events_newest_first(session, job.id, before_id=after, limit=limit)
+
+
+def list_metrics(
+    session: Session,
+    organization_id: str,
+    job_id: str,
+    *,
+    names: Sequence[str],
+    min_step: int | None,
+    max_step: int | None,
+    limit: int,
+) -> tuple[list[JobMetric], bool]:
+    job = get_job(session, organization_id, job_id)
+    return repository.list_metrics(
+        session, job.id, names=names, min_step=min_step, max_step=max_step, limit=limit
+    )
+
+
+def list_checkpoints(session: Session, organization_id: str, job_id: str) -> list[JobCheckpoint]:
+    job = get_job(session, organization_id, job_id)
+    return repository.list_checkpoints(session, job.id)
+
+
+def estimate_job(
+    session: Session, settings: Settings, organization_id: str, request: EstimateRequest
+) -> EstimateOut:
+    """Epochs, billed tokens and cost from the dataset report's own figures and heuristic."""
+    dataset = require_valid_dataset(session, organization_id, request.dataset_id)
+    model = find_base_model(request.model, settings)
+    if dataset.validation_report is None:
+        raise InvalidInput(
+            f"dataset_id: dataset {dataset.id} has no validation report; validate it first",
+            field="dataset_id",
+        )
+    report = ValidationReport.model_validate(dataset.validation_report)
+    if (model.tokenizer, model.context_length) != (report.tokenizer, report.context_length):
+        raise InvalidInput(
+            f"model: dataset {dataset.id} was validated for {report.model}, whose tokens and "
+            f"context differ from {model.name}'s; validate it against {model.name} first",
+            field="model",
+        )
+    n_epochs = resolve_epochs(request.hyperparameters.n_epochs, report.train_examples)
+    billed_tokens = report.billed_tokens_per_epoch * n_epochs
+    price = training_price_per_million(model.name, settings)
+    return EstimateOut(
+        dataset_id=dataset.id,
+        model=model.name,
+        provider=model.provider,
+        n_epochs=n_epochs,
+        requested_n_epochs=request.hyperparameters.n_epochs,
+        billed_tokens_per_epoch=report.billed_tokens_per_epoch,
+        billed_tokens=billed_tokens,
+        price_per_million_tokens=price,
+        estimated_cost_usd=None if price is None else round(billed_tokens / 1_000_000 * price, 6),
+    )
+
+
+# The live stream.
+
+STREAM_POLL_SECONDS = 0.5
+STREAM_KEEPALIVE_SECONDS = 15.0
+STREAM_RETRY_MILLISECONDS = 2_000
+STREAM_BATCH = 500
+_CURSOR = re.compile(r"^(\d+)-(\d+)$")
+
+
+@dataclass(frozen=True)
+class StreamCursor:
+    """How far a client has read: the last event id and the last metric point id.
+
+    Every SSE message carries the whole cursor as its id (``"<event id>-<metric id>"``), so
+    whichever message a client saw last, ``Last-Event-ID`` resumes both sequences exactly.
+    """
+
+    event_id: int = 0
+    metric_id: int = 0
+
+    @classmethod
+    def parse(cls, value: str | None) -> StreamCursor:
+        if not value:
+            return cls()
+        match = _CURSOR.match(value.strip())
+        if match is None:
+            raise InvalidInput(
+                "Last-Event-ID must be '<event id>-<metric id>', as the stream sent it",
+                field="Last-Event-ID",
+            )
+        return cls(int(match[1]), int(match[2]))
+
+    def __str__(self) -> str:
+        return f"{self.event_id}-{self.metric_id}"
+
+
+@dataclass(frozen=True)
+class StreamBatch:
+    job: JobOut
+    events: list[EventOut]
+    metrics: list[tuple[int, MetricPoint]]
+    complete: bool
+
+
+def read_stream_batch(
+    session_factory: sessionmaker[Session],
+    organization_id: str,
+    job_id: str,
+    cursor: StreamCursor,
+) -> StreamBatch:
+    """One short transaction: the job first, then what was written after the cursor.
+
+    Reading the job first means that once it shows a terminal status, every event and
+    point written before that status is in this batch (unless cut off: ``complete``).
+    """
+    with unit_of_work(session_factory) as session:
+        job = get_job(session, organization_id, job_id)
+        view = describe_job(session, organization_id, job)
+        events = repository.events_after(session, job.id, cursor.event_id, limit=STREAM_BATCH)
+        metrics = repository.metrics_after(session, job.id, cursor.metric_id, limit=STREAM_BATCH)
+        return StreamBatch(
+            job=view,
+            events=[EventOut.from_row(event) for event in events],
+            metrics=[(metric.id, MetricPoint.from_row(metric)) for metric in metrics],
+            complete=len(events) < STREAM_BATCH and len(metrics) < STREAM_BATCH,
+        )
+
+
+def _sse(kind: str, data: str, cursor: StreamCursor) -> str:
+    return f"id: {cursor}\nevent: {kind}\ndata: {data}\n\n"
+
+
+async def stream_job(
+    session_factory: sessionmaker[Session],
+    organization_id: str,
+    job_id: str,
+    cursor: StreamCursor,
+) -> AsyncIterator[str]:
+    """Server-Sent Events: ``event`` and ``metric`` messages as rows appear, ``status`` (the
+    whole job) whenever it changes; ends after a terminal status.
+
+    Each poll runs in the threadpool with its own short session, so the stream holds no
+    transaction and never blocks the event loop.
+    """
+    yield f"retry: {STREAM_RETRY_MILLISECONDS}\n\n"
+    last_view: dict[str, object] | None = None
+    last_sent = time.monotonic()
+    while True:
+        batch = await run_in_threadpool(
+            read_stream_batch, session_factory, organization_id, job_id, cursor
+        )
+        messages = []
+        for event in batch.events:
+            cursor = replace(cursor, event_id=event.id)
+            messages.append(_sse("event", event.model_dump_json(), cursor))
+        for metric_id, point in batch.metrics:
+            cursor = replace(cursor, metric_id=metric_id)
+            messages.append(_sse("metric", point.model_dump_json(), cursor))
+        # Heartbeats touch updated_at only; that alone is no news.
+        view = batch.job.model_dump(mode="json", exclude={"updated_at"})
+        if view != last_view:
+            messages.append(_sse("status", batch.job.model_dump_json(), cursor))
+            last_view = view
+        if messages:
+            yield "".join(messages)
+            last_sent = time.monotonic()
+        if batch.complete and batch.job.status in TERMINAL_STATUSES:
+            return
+        if time.monotonic() - last_sent >= STREAM_KEEPALIVE_SECONDS:
+            yield ": keepalive\n\n"
+            last_sent = time.monotonic()
+        if batch.complete:
+            await anyio.sleep(STREAM_POLL_SECONDS)

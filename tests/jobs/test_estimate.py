@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.fixtures.api import Account
+from tests.fixtures.files import Upload, chat, jsonl
+
+URL = "/fine-tuning/jobs/estimate"
+MODEL = "gpt-4o-mini-2024-07-18"
+
+
+@pytest.fixture
+def report(client: TestClient, account: Account, dataset_id: str) -> dict[str, Any]:
+    response = client.get(f"/fine-tuning/datasets/{dataset_id}", headers=account.headers)
+    return response.json()["validation_report"]
+
+
+def estimate(client: TestClient, account: Account, **body: Any) -> Any:
+    return client.post(URL, json=body, headers=account.headers)
+
+
+def test_auto_epochs_estimate_equals_the_validation_report(
+    client: TestClient, account: Account, dataset_id: str, report: dict[str, Any]
+) -> None:
+    response = estimate(client, account, dataset_id=dataset_id, model=MODEL)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert report["model"] == MODEL
+    assert body["requested_n_epochs"] == "auto"
+    assert body["n_epochs"] == report["n_epochs"]
+    assert body["billed_tokens_per_epoch"] == report["billed_tokens_per_epoch"]
+    assert body["billed_tokens"] == report["total_billed_tokens"]
+    assert body["price_per_million_tokens"] == report["price_per_million_tokens"]
+    assert body["estimated_cost_usd"] == report["estimated_cost_usd"]
+    assert body["provider"] == "openai"
+
+
+def test_explicit_epochs_and_another_priced_model(
+    client: TestClient, account: Account, dataset_id: str, report: dict[str, Any]
+) -> None:
+    body = estimate(
+        client,
+        account,
+        dataset_id=dataset_id,
+        model="gpt-4o-2024-08-06",
+        hyperparameters={"n_epochs": 2},
+    ).json()
+    billed = report["billed_tokens_per_epoch"] * 2
+    assert (body["n_epochs"], body["billed_tokens"]) == (2, billed)
+    assert body["price_per_million_tokens"] == 25.0
+    assert body["estimated_cost_usd"] == round(billed / 1_000_000 * 25.0, 6)
+
+
+def test_a_model_with_another_tokenizer_needs_its_own_validation(
+    client: TestClient, account: Account, dataset_id: str
+) -> None:
+    response = estimate(client, account, dataset_id=dataset_id, model="gpt-3.5-turbo-0125")
+    assert response.status_code == 422
+    assert response.json()["field"] == "model"
+    assert "gpt-3.5-turbo-0125" in response.json()["detail"]
+
+
+def test_an_invalid_dataset_or_model_is_rejected(
+    client: TestClient, account: Account, upload: Upload, dataset_id: str
+) -> None:
+    broken = upload(jsonl(chat("Hi", "Hello"), "{oops")).json()["id"]
+    response = estimate(client, account, dataset_id=broken, model=MODEL)
+    assert response.status_code == 422 and broken in response.json()["detail"]
+    response = estimate(client, account, dataset_id=dataset_id, model="no-such-model")
+    assert response.status_code == 422 and "no-such-model" in response.json()["detail"]
+    response = estimate(
+        client, account, dataset_id=dataset_id, model=MODEL, hyperparameters={"n_epochs": 99}
+    )
+    assert response.status_code == 422 and "n_epochs" in response.json()["detail"]
