@@ -1,0 +1,70 @@
+"""The base models TuneForge can fine-tune, as data.
+
+Validation needs a model's context length and tokenizer before any job exists, and the
+job wizard needs the list; keeping both in one table means adding a model is one entry.
+Context lengths of OpenAI models are their documented maximum *training example* length,
+which is what truncation and billing are measured against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneforge.config import Settings
+from tuneforge.errors import InvalidInput
+
+DEFAULT_VALIDATION_MODEL = "gpt-4o-mini-2024-07-18"
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    name: str
+    provider: str
+    context_length: int
+    tokenizer: str
+    parameter_count: int | None = None
+    local_path: Path | None = None
+
+
+_OPENAI_MODELS: tuple[BaseModelInfo, ...] = (
+    BaseModelInfo("gpt-4o-2024-08-06", "openai", 65_536, "o200k_base"),
+    BaseModelInfo("gpt-4o-mini-2024-07-18", "openai", 65_536, "o200k_base"),
+    BaseModelInfo("gpt-4.1-2025-04-14", "openai", 65_536, "o200k_base"),
+    BaseModelInfo("gpt-4.1-mini-2025-04-14", "openai", 65_536, "o200k_base"),
+    BaseModelInfo("gpt-4.1-nano-2025-04-14", "openai", 65_536, "o200k_base"),
+    BaseModelInfo("gpt-3.5-turbo-0125", "openai", 16_385, "cl100k_base"),
+)
+
+# (name, context length, parameter count); each lives in a directory of that name in the
+# model store, so the list depends on settings.
+_LOCAL_MODELS: tuple[tuple[str, int, int], ...] = (("smollm2-135m-instruct", 8_192, 134_515_008),)
+
+
+def list_base_models(settings: Settings) -> list[BaseModelInfo]:
+    local = [
+        BaseModelInfo(
+            name,
+            "local",
+            context_length,
+            "local",
+            parameter_count=parameters,
+            local_path=settings.model_store_dir / name,
+        )
+        for name, context_length, parameters in _LOCAL_MODELS
+    ]
+    return [*_OPENAI_MODELS, *local]
+
+
+def find_base_model(name: str, settings: Settings) -> BaseModelInfo:
+    models = list_base_models(settings)
+    for model in models:
+        if model.name == name:
+            return model
+    known = ", ".join(model.name for model in models)
+    raise InvalidInput(f"model: unknown base model {name!r}; known models: {known}", field="model")
+
+
+def training_price_per_million(name: str, settings: Settings) -> float | None:
+    """USD per million training tokens; None when no price is configured (local models)."""
+    return settings.training_prices_per_million_tokens.get(name)
