@@ -8,6 +8,7 @@ import bpe_openai
 import numpy as np
 import pytest
 
+from tuneforge.datasets.checks import validate_chat_example
 from tuneforge.datasets.parsing import RawExample, read_examples
 from tuneforge.datasets.tables import DatasetFormat
 from tuneforge.datasets.tokens import BpeTokenCounter
@@ -16,7 +17,6 @@ from tuneforge.datasets.validation import (
     ReportBuilder,
     ValidationReport,
     default_epochs,
-    validate_chat_example,
 )
 from tuneforge.providers.catalog import BaseModelInfo
 
