@@ -1,0 +1,207 @@
+"""The worker loop: claim a due job, keep its lease alive while working on it, give it back.
+
+Any number of workers (threads in ``tuneforge serve``, ``tuneforge worker`` processes on
+other machines) share the queue safely because a job is only touched under its lease. A
+remote provider's job is stepped once and released until its next poll; a provider that
+trains inside the worker keeps the lease and is stepped every few seconds. A heartbeat
+thread extends the lease meanwhile, so only a dead worker's lease ever expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from types import TracebackType
+
+from sqlalchemy.orm import Session, sessionmaker
+
+import tuneforge.db.tables  # noqa: F401 - a standalone worker must map every FK target table
+from tuneforge.config import Settings
+from tuneforge.db.base import utcnow
+from tuneforge.db.engine import unit_of_work
+from tuneforge.errors import NotFound
+from tuneforge.jobs.tables import FineTuningJob
+from tuneforge.worker.queue import claim_job, claim_next_job, heartbeat, release, request_run_now
+from tuneforge.worker.runner import JobRunner, LeaseLost, StepResult, WorkerConfig
+
+log = logging.getLogger(__name__)
+
+
+def new_worker_id(kind: str = "worker") -> str:
+    """Unique per worker, readable in the jobs table: kind, host, process, random suffix."""
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class LeaseKeeper:
+    """Extends a lease every third of its length from a background thread until closed.
+
+    ``lost`` is set when the lease could not be extended because it is no longer ours.
+    """
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        job_id: str,
+        worker_id: str,
+        lease_seconds: float,
+    ) -> None:
+        self.session_factory = session_factory
+        self.job_id = job_id
+        self.worker_id = worker_id
+        self.lease_seconds = lease_seconds
+        self.lost = threading.Event()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._closed.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._closed.wait(self.lease_seconds / 3):
+            try:
+                with unit_of_work(self.session_factory) as session:
+                    alive = heartbeat(session, self.job_id, self.worker_id, self.lease_seconds)
+            except Exception:
+                log.warning("Heartbeat for job %s failed; retrying", self.job_id, exc_info=True)
+                continue
+            if not alive:
+                self.lost.set()
+                return
+
+
+class Worker:
+    """Claims due jobs one at a time and works on each under its lease."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        settings: Settings,
+        worker_id: str | None = None,
+        config: WorkerConfig | None = None,
+    ) -> None:
+        self.session_factory = session_factory
+        self.settings = settings
+        self.worker_id = worker_id or new_worker_id()
+        self.config = config or WorkerConfig()
+        self.runner = JobRunner(session_factory, settings, self.worker_id, self.config)
+
+    def run_forever(self, stop_event: threading.Event) -> None:
+        """Work until ``stop_event`` is set; the job in hand is finished or handed back first."""
+        log.info("Worker %s started", self.worker_id)
+        while not stop_event.is_set():
+            try:
+                worked = self.run_once(stop_event)
+            except Exception:
+                log.exception("Worker %s hit an error; continuing", self.worker_id)
+                worked = False
+            if not worked:
+                stop_event.wait(self.config.idle_sleep_seconds)
+        log.info("Worker %s stopped", self.worker_id)
+
+    def run_once(self, stop_event: threading.Event | None = None) -> bool:
+        """Claim and work on one due job; False when none was due."""
+        with unit_of_work(self.session_factory) as session:
+            job = claim_next_job(session, self.worker_id, self.settings.worker_lease_seconds)
+            job_id = job.id if job is not None else None
+        if job_id is None:
+            return False
+        log.info("Worker %s claimed job %s", self.worker_id, job_id)
+        work_on_claimed_job(
+            self.session_factory,
+            self.runner,
+            job_id,
+            self.settings.worker_lease_seconds,
+            stop_event or threading.Event(),
+        )
+        return True
+
+
+def work_on_claimed_job(
+    session_factory: sessionmaker[Session],
+    runner: JobRunner,
+    job_id: str,
+    lease_seconds: float,
+    stop_event: threading.Event,
+) -> StepResult | None:
+    """Step the job while the provider wants the lease kept, then release it.
+
+    Returns the last step's result, or None when the lease was lost (nothing is released).
+    """
+    with LeaseKeeper(session_factory, job_id, runner.worker_id, lease_seconds) as keeper:
+        try:
+            result = runner.advance(job_id)
+            while result.keep_lease and not result.finished:
+                if keeper.lost.is_set() or stop_event.wait(runner.config.in_worker_poll_seconds):
+                    break
+                result = runner.advance(job_id)
+        except LeaseLost:
+            log.warning("Worker %s lost the lease of job %s", runner.worker_id, job_id)
+            return None
+    if not result.finished:
+        # Stopping mid-run hands an in-worker job to the next worker at once.
+        run_after = utcnow() if result.keep_lease else result.next_run_after
+        with unit_of_work(session_factory) as session:
+            release(session, job_id, runner.worker_id, run_after)
+    return result
+
+
+def advance_job_now(
+    session_factory: sessionmaker[Session], settings: Settings, job_id: str
+) -> bool:
+    """Run one step of the job here and now when no worker holds it ("sync now").
+
+    Otherwise (a worker holds it, or its provider trains inside a worker) only make it due
+    now and return False. Call it with no uncommitted writes in the caller's session.
+    """
+    with unit_of_work(session_factory) as session:
+        job = session.get(FineTuningJob, job_id)
+        if job is None:
+            raise NotFound(f"Fine-tuning job {job_id} not found")
+        provider_name = job.provider
+    runner = JobRunner(session_factory, settings, new_worker_id("sync"))
+    claimed = None
+    if not runner.provider_for(provider_name).runs_in_worker:
+        with unit_of_work(session_factory) as session:
+            claimed = claim_job(session, job_id, runner.worker_id, settings.worker_lease_seconds)
+    if claimed is None:
+        with unit_of_work(session_factory) as session:
+            request_run_now(session, job_id)
+        return False
+    result = work_on_claimed_job(
+        session_factory, runner, job_id, settings.worker_lease_seconds, threading.Event()
+    )
+    return result is not None
+
+
+class WorkerThread:
+    """The embedded worker of ``tuneforge serve``: one Worker on a daemon thread."""
+
+    def __init__(self, session_factory: sessionmaker[Session], settings: Settings) -> None:
+        self.stop_event = threading.Event()
+        self.worker = Worker(session_factory, settings, new_worker_id("embedded"))
+        self._thread = threading.Thread(
+            target=self.worker.run_forever, args=(self.stop_event,), name="tuneforge-worker"
+        )
+        self._thread.daemon = True
+
+    def start(self) -> WorkerThread:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Let the current step finish and the lease go back, waiting at most ``timeout``."""
+        self.stop_event.set()
+        self._thread.join(timeout)

@@ -1,0 +1,383 @@
+"""Advancing one claimed job by one step with its provider.
+
+A step either starts the job (files exported and uploaded, the provider job created) or
+polls it (status, new events, checkpoints, progress), or, while cancelling, asks the
+provider to stop. Provider calls run outside any database transaction; what they return
+is written in short transactions that first re-lock the job and check that this worker
+still holds its lease (a worker that lost it writes nothing). Everything that makes a
+retry safe is committed before the next provider call: uploaded file ids before the
+job is created, and the provider job id before any polling, so a crash anywhere never
+creates a second provider job (``find_job`` by our job id catches the in-between crash).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from tuneforge.config import Settings
+from tuneforge.datasets.export import export_job_files
+from tuneforge.db.base import utcnow
+from tuneforge.db.engine import unit_of_work
+from tuneforge.errors import TuneForgeError
+from tuneforge.jobs.progress import (
+    latest_provider_event_id,
+    record_checkpoints,
+    record_progress,
+    record_provider_events,
+)
+from tuneforge.jobs.states import (
+    TERMINAL_STATUSES,
+    InvalidTransition,
+    JobUpdate,
+    can_transition,
+    lock_job,
+    transition_job,
+)
+from tuneforge.jobs.tables import FineTuningEvent, FineTuningJob, JobStatus
+from tuneforge.models.service import create_model_from_job
+from tuneforge.providers.base import (
+    FineTuningProvider,
+    ProviderError,
+    ProviderJobRequest,
+    ProviderJobStatus,
+    RetriableProviderError,
+)
+from tuneforge.providers.registry import get_provider
+
+S = JobStatus
+log = logging.getLogger(__name__)
+
+CANCEL_SENT_EVENT = "provider_cancel"
+UNKNOWN_STATUS_EVENT = "provider_status"
+RETRY_EVENT = "retry"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Retry and pacing knobs of the worker (not user settings: defaults suit every provider)."""
+
+    max_attempts: int = 5
+    backoff_base_seconds: float = 5.0
+    backoff_max_seconds: float = 600.0
+    in_worker_poll_seconds: float = 2.0
+    idle_sleep_seconds: float = 1.0
+    conflict_retry_seconds: float = 1.0
+
+
+class LeaseLost(Exception):
+    """Another worker holds the job now; this one must stop touching it."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What the worker does next: nothing (``finished``), keep going, or come back later."""
+
+    finished: bool
+    next_run_after: datetime
+    keep_lease: bool = False
+
+
+class JobRunner:
+    """Runs steps of jobs whose lease ``worker_id`` holds."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        settings: Settings,
+        worker_id: str,
+        config: WorkerConfig | None = None,
+    ) -> None:
+        self.session_factory = session_factory
+        self.settings = settings
+        self.worker_id = worker_id
+        self.config = config or WorkerConfig()
+        self._providers: dict[str, FineTuningProvider] = {}
+
+    def provider_for(self, name: str) -> FineTuningProvider:
+        """One provider instance per name, so its client and back-off state live across steps."""
+        if name not in self._providers:
+            self._providers[name] = get_provider(name, self.settings)
+        return self._providers[name]
+
+    def advance(self, job_id: str) -> StepResult:
+        """One step; provider and input errors end up on the job, only LeaseLost escapes."""
+        try:
+            return self._step(job_id)
+        except LeaseLost:
+            raise
+        except RetriableProviderError as exc:
+            return self._retry_later(job_id, exc.code, str(exc), exc.retry_after)
+        except InvalidTransition as exc:
+            log.info("Job %s changed under step: %s", job_id, exc)
+            return self._later(self.config.conflict_retry_seconds)
+        except (ProviderError, TuneForgeError) as exc:
+            code = exc.code if isinstance(exc, ProviderError) else exc.error
+            return self._fail(job_id, code, str(exc))
+        except Exception as exc:
+            log.exception("Unexpected error advancing job %s", job_id)
+            return self._retry_later(job_id, "internal_error", repr(exc), 0.0)
+
+    def _step(self, job_id: str) -> StepResult:
+        with unit_of_work(self.session_factory) as session:
+            job = self._owned(session, job_id)
+        if job.status in TERMINAL_STATUSES:
+            return StepResult(finished=True, next_run_after=utcnow())
+        provider = self.provider_for(job.provider)
+        if job.status != S.CANCELLING and job.provider_job_id is None:
+            job = self._start(job, provider)
+        if job.status == S.CANCELLING:
+            job = self._cancel_at_provider(job, provider)
+        if job.status not in TERMINAL_STATUSES and job.provider_job_id is not None:
+            job = self._poll(job, job.provider_job_id, provider)
+        if job.status in TERMINAL_STATUSES:
+            return StepResult(finished=True, next_run_after=utcnow())
+        if provider.runs_in_worker:
+            return StepResult(
+                finished=False,
+                next_run_after=utcnow() + timedelta(seconds=self.config.in_worker_poll_seconds),
+                keep_lease=True,
+            )
+        return self._later(self.settings.polling_interval_seconds)
+
+    def _owned(self, session: Session, job_id: str) -> FineTuningJob:
+        """The job, locked; raises LeaseLost unless this worker still holds its lease."""
+        job = lock_job(session, job_id)
+        if job.lease_owner != self.worker_id:
+            raise LeaseLost(f"Job {job_id} is leased by {job.lease_owner or 'nobody'}")
+        return job
+
+    def _later(self, seconds: float) -> StepResult:
+        return StepResult(finished=False, next_run_after=utcnow() + timedelta(seconds=seconds))
+
+    # Starting: files, then the provider job.
+
+    def _start(self, job: FineTuningJob, provider: FineTuningProvider) -> FineTuningJob:
+        if job.status == S.PENDING:
+            provider.ensure_configured()
+            with unit_of_work(self.session_factory) as session:
+                self._owned(session, job.id)
+                job = transition_job(
+                    session, job.id, S.VALIDATING_FILES, message="Preparing training files"
+                )
+        file_ids = self._upload_files(job, provider)
+        with unit_of_work(self.session_factory) as session:
+            job = self._owned(session, job.id)
+        if job.status == S.CANCELLING:
+            return job  # cancelled while uploading: create nothing
+        provider_job_id = provider.find_job(job.id)
+        if provider_job_id is None:
+            provider_job_id = provider.create_job(
+                ProviderJobRequest(
+                    idempotency_key=job.id,
+                    base_model=job.base_model,
+                    training_file_id=file_ids["training"],
+                    validation_file_id=file_ids.get("validation"),
+                    hyperparameters=dict(job.hyperparameters or {}),
+                    suffix=job.suffix,
+                    seed=job.seed,
+                    metadata={str(k): str(v) for k, v in (job.job_metadata or {}).items()},
+                )
+            )
+        with unit_of_work(self.session_factory) as session:
+            current = self._owned(session, job.id).status
+            # A cancel may have arrived meanwhile; the id is kept so the cancel reaches it.
+            target = S.QUEUED if current in (S.PENDING, S.VALIDATING_FILES) else None
+            return transition_job(
+                session,
+                job.id,
+                target,
+                message=f"Created {job.provider} job {provider_job_id}",
+                update=JobUpdate(provider_job_id=provider_job_id, extra={"attempts": 0}),
+                data={"provider_job_id": provider_job_id},
+            )
+
+    def _upload_files(self, job: FineTuningJob, provider: FineTuningProvider) -> dict[str, str]:
+        """Export and upload the files not uploaded yet, committing each file id at once."""
+        file_ids: dict[str, str | None] = dict(job.provider_file_ids or {})
+        if file_ids.get("training") and "validation" in file_ids:
+            return {k: v for k, v in file_ids.items() if v}
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.settings.data_dir, prefix="export-") as tmp:
+            with unit_of_work(self.session_factory) as session:
+                exported = export_job_files(session, job, Path(tmp))
+            uploads = {"training": exported.training_path, "validation": exported.validation_path}
+            for kind, path in uploads.items():
+                if kind in file_ids and (file_ids[kind] or path is None):
+                    continue
+                key = f"{job.id}-{kind}"
+                file_ids[kind] = (
+                    provider.upload_training_file(path, idempotency_key=key) if path else None
+                )
+                self._save_file_ids(job.id, file_ids)
+        return {k: v for k, v in file_ids.items() if v}
+
+    def _save_file_ids(self, job_id: str, file_ids: dict[str, str | None]) -> None:
+        with unit_of_work(self.session_factory) as session:
+            self._owned(session, job_id)
+            transition_job(
+                session, job_id, None, update=JobUpdate(extra={"provider_file_ids": file_ids})
+            )
+
+    # Cancelling.
+
+    def _cancel_at_provider(
+        self, job: FineTuningJob, provider: FineTuningProvider
+    ) -> FineTuningJob:
+        provider_job_id = job.provider_job_id
+        if provider_job_id is None and job.provider_file_ids:
+            provider_job_id = provider.find_job(job.id)  # created, then crashed before saving
+        if provider_job_id is None:
+            with unit_of_work(self.session_factory) as session:
+                self._owned(session, job.id)
+                return transition_job(
+                    session, job.id, S.CANCELLED, message="Cancelled before training started"
+                )
+        with unit_of_work(self.session_factory) as session:
+            sent = session.scalar(
+                select(FineTuningEvent.id).where(
+                    FineTuningEvent.job_id == job.id,
+                    FineTuningEvent.event_type == CANCEL_SENT_EVENT,
+                )
+            )
+        if sent is not None:
+            return job
+        provider.cancel(provider_job_id)
+        with unit_of_work(self.session_factory) as session:
+            self._owned(session, job.id)
+            return transition_job(
+                session,
+                job.id,
+                None,
+                message=f"Asked {job.provider} to cancel job {provider_job_id}",
+                event_type=CANCEL_SENT_EVENT,
+                update=JobUpdate(provider_job_id=provider_job_id),
+            )
+
+    # Polling.
+
+    def _poll(
+        self, job: FineTuningJob, provider_job_id: str, provider: FineTuningProvider
+    ) -> FineTuningJob:
+        """Status first, then events: events fetched after a terminal status include the last."""
+        with unit_of_work(self.session_factory) as session:
+            after = latest_provider_event_id(session, job.id)
+        status = provider.get_status(provider_job_id)
+        events = provider.list_events(provider_job_id, after=after)
+        checkpoints = provider.list_checkpoints(provider_job_id)
+        with unit_of_work(self.session_factory) as session:
+            job = self._owned(session, job.id)
+            new_events = record_provider_events(session, job.id, events)
+            record_checkpoints(session, job.id, checkpoints)
+            record_progress(session, job, status, new_events)
+            if job.attempts:
+                transition_job(session, job.id, None, update=JobUpdate(extra={"attempts": 0}))
+            return self._apply_status(session, job, status)
+
+    def _apply_status(
+        self, session: Session, job: FineTuningJob, status: ProviderJobStatus
+    ) -> FineTuningJob:
+        target = status.status
+        if target is None:
+            return self._note_unknown_status(session, job, status.raw_status)
+        if target == job.status or not can_transition(job.status, target):
+            return job  # the provider lags behind us (validating while we say queued)
+        if job.status == S.CANCELLING and target not in TERMINAL_STATUSES:
+            return job
+        update = JobUpdate(trained_tokens=status.trained_tokens)
+        message = None
+        if target == S.SUCCEEDED:
+            update.fine_tuned_model_name = status.fine_tuned_model
+        elif target == S.FAILED:
+            update.error_code = status.error_code or "provider_job_failed"
+            update.error_message = status.error_message or f"{job.provider} reported a failure"
+            message = f"Training failed: {update.error_message}"
+        job = transition_job(session, job.id, target, update=update, message=message)
+        if target == S.SUCCEEDED:
+            model = create_model_from_job(session, job)
+            transition_job(
+                session,
+                job.id,
+                None,
+                message=f"Model {model.name} is ready",
+                event_type="model_created",
+                data={"model_id": model.id},
+            )
+        return job
+
+    def _note_unknown_status(
+        self, session: Session, job: FineTuningJob, raw_status: str
+    ) -> FineTuningJob:
+        message = f"Provider reported status {raw_status!r}"
+        noted = session.scalar(
+            select(FineTuningEvent.id).where(
+                FineTuningEvent.job_id == job.id,
+                FineTuningEvent.event_type == UNKNOWN_STATUS_EVENT,
+                FineTuningEvent.message == message,
+            )
+        )
+        if noted is None:
+            transition_job(
+                session,
+                job.id,
+                None,
+                message=message,
+                event_type=UNKNOWN_STATUS_EVENT,
+                level="warning",
+                data={"raw_status": raw_status},
+            )
+        return job
+
+    # Failures.
+
+    def _retry_later(self, job_id: str, code: str, message: str, retry_after: float) -> StepResult:
+        """Count the attempt and come back after a back-off (at least ``retry_after``)."""
+        with unit_of_work(self.session_factory) as session:
+            job = self._owned(session, job_id)
+            if job.status in TERMINAL_STATUSES:
+                return StepResult(finished=True, next_run_after=utcnow())
+            attempts = job.attempts + 1
+            if attempts >= self.config.max_attempts:
+                transition_job(
+                    session,
+                    job_id,
+                    S.FAILED,
+                    message=f"Gave up after {attempts} attempts: {message}",
+                    update=JobUpdate(
+                        error_code=code, error_message=message, extra={"attempts": attempts}
+                    ),
+                )
+                return StepResult(finished=True, next_run_after=utcnow())
+            backoff = self.config.backoff_base_seconds * 2 ** (attempts - 1)
+            delay = max(retry_after, min(backoff, self.config.backoff_max_seconds))
+            transition_job(
+                session,
+                job_id,
+                None,
+                message=f"{message}; retrying in {delay:.1f}s "
+                f"(attempt {attempts} of {self.config.max_attempts})",
+                event_type=RETRY_EVENT,
+                level="warning",
+                update=JobUpdate(extra={"attempts": attempts}),
+                data={"code": code, "attempt": attempts, "delay_seconds": delay},
+            )
+        return self._later(delay)
+
+    def _fail(self, job_id: str, code: str, message: str) -> StepResult:
+        with unit_of_work(self.session_factory) as session:
+            job = self._owned(session, job_id)
+            if job.status not in TERMINAL_STATUSES:
+                transition_job(
+                    session,
+                    job_id,
+                    S.FAILED,
+                    message=f"Job failed: {message}",
+                    update=JobUpdate(error_code=code, error_message=message),
+                )
+        return StepResult(finished=True, next_run_after=utcnow())
