@@ -19,6 +19,7 @@ from tuneforge.jobs.states import (
     TERMINAL_STATUSES,
     InvalidTransition,
     JobUpdate,
+    _compare_and_set_status,
     can_transition,
     transition_job,
 )
@@ -166,3 +167,19 @@ def test_failure_carries_its_error_and_a_custom_message(
 def test_unknown_job_is_not_found(session_factory: Factory) -> None:
     with session_factory() as session, pytest.raises(NotFound):
         transition_job(session, "missing", JobStatus.FAILED)
+
+
+def test_a_status_changed_since_it_was_read_is_not_overwritten(
+    session_factory: Factory, job_in: Callable[[JobStatus], str]
+) -> None:
+    """A cancel that read 'running' must not win over a worker that just finished the job."""
+    job_id = job_in(JobStatus.RUNNING)
+    with session_factory() as api_session:
+        stale = api_session.get(FineTuningJob, job_id)
+        assert stale is not None and stale.status == JobStatus.RUNNING
+        with unit_of_work(session_factory) as worker_session:
+            transition_job(worker_session, job_id, JobStatus.SUCCEEDED)
+
+        with pytest.raises(InvalidTransition, match="concurrently"):
+            _compare_and_set_status(api_session, stale, JobStatus.RUNNING, JobStatus.CANCELLING)
+        assert stale.status == JobStatus.SUCCEEDED

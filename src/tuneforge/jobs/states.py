@@ -13,7 +13,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from tuneforge.db.base import utcnow
 from tuneforge.errors import Conflict, NotFound
@@ -95,7 +97,7 @@ def transition_job(
         _apply_update(job, update)
     if changed:
         previous = job.status
-        job.status = target
+        _compare_and_set_status(session, job, previous, target)
         now = utcnow()
         if target == S.RUNNING and job.started_at is None:
             job.started_at = now
@@ -124,6 +126,30 @@ def transition_job(
         )
     session.flush()
     return job
+
+
+def _compare_and_set_status(
+    session: Session, job: FineTuningJob, expected: JobStatus, target: JobStatus
+) -> None:
+    """Write the status only if nobody changed it since we read it.
+
+    ``FOR UPDATE`` already serialises this on PostgreSQL; SQLite ignores it, so the guarded
+    UPDATE is what keeps a cancel and a worker from both winning there.
+    """
+    result = session.execute(
+        sql_update(FineTuningJob)
+        .where(FineTuningJob.id == job.id, FineTuningJob.status == expected)
+        .values(status=target)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        session.refresh(job)
+        raise InvalidTransition(
+            f"Job {job.id} changed to {job.status.value} concurrently; not moving it to "
+            f"{target.value}",
+            status=job.status.value,
+        )
+    set_committed_value(job, "status", target)
 
 
 def _apply_update(job: FineTuningJob, update: JobUpdate) -> None:

@@ -4,7 +4,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tuneforge.db.base import Base, IdMixin, JSONType, str_enum
@@ -73,6 +73,17 @@ class FineTuningJob(IdMixin, Base):
 
 class FineTuningEvent(Base):
     __tablename__ = "fine_tuning_events"
+    __table_args__ = (
+        # A provider event is stored once per job even if two pollers ever overlap.
+        Index(
+            "uq_fine_tuning_events_job_id_provider_event_id",
+            "job_id",
+            "provider_event_id",
+            unique=True,
+            postgresql_where=text("provider_event_id IS NOT NULL"),
+            sqlite_where=text("provider_event_id IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(AutoIncrementId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(
