@@ -1,0 +1,1 @@
+"""Serving deployed local models: agent chat and an OpenAI-compatible API."""

@@ -1,0 +1,47 @@
+"""SQL for inference: finding servable models and appending chat turns to conversations."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from tuneforge.agents.tables import ConversationMessage
+from tuneforge.db.scoping import org_scoped
+from tuneforge.models.tables import FineTunedModel, ModelStatus
+
+
+def find_models_by_reference(
+    session: Session, organization_id: str, reference: str
+) -> list[FineTunedModel]:
+    """The organization's live models whose id or name is ``reference``: the id match, then
+    active before archived, newest first (names are labels and may repeat)."""
+    stmt = (
+        org_scoped(FineTunedModel, organization_id)
+        .where(or_(FineTunedModel.id == reference, FineTunedModel.name == reference))
+        .order_by(
+            (FineTunedModel.id != reference),
+            (FineTunedModel.status != ModelStatus.ACTIVE),
+            FineTunedModel.created_at.desc(),
+        )
+    )
+    return list(session.scalars(stmt))
+
+
+def list_servable_models(
+    session: Session, organization_id: str, provider: str
+) -> list[FineTunedModel]:
+    stmt = (
+        org_scoped(FineTunedModel, organization_id)
+        .where(FineTunedModel.status == ModelStatus.ACTIVE, FineTunedModel.provider == provider)
+        .order_by(FineTunedModel.created_at.desc(), FineTunedModel.id)
+    )
+    return list(session.scalars(stmt))
+
+
+def next_message_position(session: Session, conversation_id: str) -> int:
+    """Where appended messages start; the conversation id must come from a scoped read."""
+    stmt = select(func.max(ConversationMessage.position)).where(
+        ConversationMessage.conversation_id == conversation_id
+    )
+    last = session.scalar(stmt)
+    return 0 if last is None else last + 1

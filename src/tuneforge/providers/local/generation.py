@@ -1,0 +1,266 @@
+"""Generating one chat reply with a loaded model, whole or as a stream of text deltas.
+
+Sampling draws from a per-request ``torch.Generator`` instead of torch's global one, so a
+``seed`` reproduces its output even while other models generate in other threads. Stop
+strings end generation as soon as they appear and are cut from the reply; a stream holds
+back text that might be the start of one, so a client never sees part of a stop string.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TextIteratorStreamer,
+    TopPLogitsWarper,
+)
+
+from tuneforge.errors import InvalidInput
+
+FinishReason = Literal["stop", "length"]
+ChatMessages = Sequence[Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """``temperature == 0`` means greedy; ``stop`` strings end the reply and are cut from it."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+
+
+class _SampleWithGenerator(LogitsProcessor):
+    """Draws the next token with the request's generator and leaves greedy only that choice."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = torch.softmax(scores.float(), dim=-1)
+        choice = torch.multinomial(probs, num_samples=1, generator=self.generator)
+        only_choice = torch.full_like(scores, float("-inf"))
+        return only_choice.scatter_(1, choice, 0.0)  # type: ignore[return-value]
+
+
+class _StopWhen(StoppingCriteria):
+    """Ends generation once a stop string appears in the reply or the caller cancels."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        stops: tuple[str, ...],
+        prompt_length: int,
+        cancel: threading.Event,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.stops = stops
+        self.prompt_length = prompt_length
+        self.cancel = cancel
+        # A token decodes to at least one character, or a byte of one (4 bytes at most).
+        self.window = 4 * max((len(stop) for stop in stops), default=0) + 4
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        done = self.cancel.is_set()
+        if not done and self.stops:
+            start = max(self.prompt_length, input_ids.shape[1] - self.window)
+            tail = self.tokenizer.decode(input_ids[0, start:], skip_special_tokens=True)
+            done = any(stop in tail for stop in self.stops)
+        batch = input_ids.shape[0]
+        return torch.full((batch,), done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+def find_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Index of the earliest stop string in ``text``."""
+    found = [index for stop in stops if (index := text.find(stop)) >= 0]
+    return min(found) if found else None
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters might be the start of a stop string, so must wait."""
+    longest = 0
+    for stop in stops:
+        for length in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:length]):
+                longest = length
+                break
+    return longest
+
+
+def _end_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    configured = model.generation_config.eos_token_id
+    ids = configured if isinstance(configured, list) else [configured]
+    ids = [*ids, tokenizer.eos_token_id]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def _pad_token_id(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, eos_ids: list[int]
+) -> int | None:
+    """Padding is never used for one sequence; setting it only keeps generate() quiet."""
+    for candidate in (model.generation_config.pad_token_id, tokenizer.pad_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return eos_ids[0] if eos_ids else None
+
+
+def _room_for_reply(model: PreTrainedModel, prompt_length: int, max_tokens: int) -> int:
+    """``max_tokens``, cut to what fits the model's context after the prompt."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    if not isinstance(context, int):
+        return max_tokens
+    if prompt_length >= context:
+        raise InvalidInput(
+            f"messages: the prompt is {prompt_length} tokens; this model's context holds {context}",
+            field="messages",
+        )
+    return min(max_tokens, context - prompt_length)
+
+
+def generate_reply(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    messages: ChatMessages,
+    params: SamplingParams,
+    *,
+    cancel: threading.Event,
+    streamer: TextIteratorStreamer | None = None,
+) -> Completion:
+    """One reply to ``messages``, rendered with the chat template; one thread at a time."""
+    inputs = tokenizer.apply_chat_template(
+        [dict(message) for message in messages],
+        add_generation_prompt=True,
+        return_dict=True,
+        return_tensors="pt",
+    ).to(model.device)
+    prompt_length = int(inputs["input_ids"].shape[1])
+    max_tokens = _room_for_reply(model, prompt_length, params.max_tokens)
+    processors = LogitsProcessorList()
+    if params.temperature > 0:
+        generator = torch.Generator(device=model.device)
+        if params.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(params.seed)
+        processors.append(TemperatureLogitsWarper(params.temperature))
+        if params.top_p < 1:
+            processors.append(TopPLogitsWarper(params.top_p))
+        processors.append(_SampleWithGenerator(generator))
+    eos_ids = _end_token_ids(model, tokenizer)
+    with torch.inference_mode():
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_tokens,
+            # Sampling happens in our processors; neutral values keep generate() quiet.
+            do_sample=False,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=50,
+            eos_token_id=eos_ids,
+            pad_token_id=_pad_token_id(model, tokenizer, eos_ids),
+            logits_processor=processors,
+            stopping_criteria=StoppingCriteriaList(
+                [_StopWhen(tokenizer, params.stop, prompt_length, cancel)]
+            ),
+            streamer=streamer,
+        )
+    new_tokens = output[0, prompt_length:].tolist()
+    text = tokenizer.decode(new_tokens, skip_special_tokens=True)
+    cut = find_stop(text, params.stop)
+    ended = cut is not None or (bool(new_tokens) and new_tokens[-1] in eos_ids)
+    return Completion(
+        text=text if cut is None else text[:cut],
+        prompt_tokens=prompt_length,
+        completion_tokens=len(new_tokens),
+        finish_reason="stop" if ended or len(new_tokens) < max_tokens else "length",
+    )
+
+
+class CompletionStream:
+    """Text deltas as a generation thread produces them; ``result`` once they are exhausted.
+
+    ``close()`` stops the generation: a client that went away should not keep the model busy.
+    """
+
+    def __init__(self, streamer: TextIteratorStreamer, stops: tuple[str, ...]) -> None:
+        self._streamer = streamer
+        self._stops = stops
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._outcome: Completion | BaseException | None = None
+        self._emitted: list[str] = []
+        self._hit_stop = False
+        self.result: Completion | None = None
+
+    def start(self, run: Callable[[threading.Event], Completion]) -> CompletionStream:
+        def target() -> None:
+            try:
+                self._outcome = run(self._cancel)
+            except BaseException as exc:
+                self._outcome = exc
+                self._streamer.text_queue.put(self._streamer.stop_signal)
+
+        self._thread = threading.Thread(target=target, name="tuneforge-generate", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._cancel.set()
+
+    def __iter__(self) -> Iterator[str]:
+        pending = ""
+        for piece in self._streamer:
+            pending += piece
+            cut = find_stop(pending, self._stops)
+            if cut is not None:
+                self._hit_stop = True
+                self._cancel.set()
+                yield from self._emit(pending[:cut])
+                break
+            ready = len(pending) - _held_back(pending, self._stops)
+            yield from self._emit(pending[:ready])
+            pending = pending[ready:]
+        else:
+            yield from self._emit(pending)
+        self._finish()
+
+    def _emit(self, text: str) -> Iterator[str]:
+        if text:
+            self._emitted.append(text)
+            yield text
+
+    def _finish(self) -> None:
+        assert self._thread is not None, "start() was not called"
+        self._thread.join()
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        assert self._outcome is not None
+        self.result = Completion(
+            text="".join(self._emitted),
+            prompt_tokens=self._outcome.prompt_tokens,
+            completion_tokens=self._outcome.completion_tokens,
+            finish_reason="stop" if self._hit_stop else self._outcome.finish_reason,
+        )

@@ -1,0 +1,227 @@
+"""The local inference engine on a tiny random model: decoding, stops, streaming, caching."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tuneforge.providers.local.generation import SamplingParams
+from tuneforge.providers.local.inference import (
+    InferenceEngine,
+    LoadedModel,
+    ModelSource,
+    ModelUnavailable,
+    load_model,
+)
+
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Tell me about the ocean."},
+]
+GREEDY = SamplingParams(max_tokens=24, temperature=0)
+
+
+@pytest.fixture
+def base(tiny_chat_models: Path) -> ModelSource:
+    return ModelSource("tiny", tiny_chat_models / "base")
+
+
+@pytest.fixture
+def tuned(tiny_chat_models: Path) -> ModelSource:
+    return ModelSource("tiny-ft", tiny_chat_models / "base", tiny_chat_models / "adapter")
+
+
+@pytest.fixture
+def eos_model(tiny_chat_models: Path) -> ModelSource:
+    return ModelSource("tiny-eos", tiny_chat_models / "eos-base")
+
+
+class CountingLoader:
+    """Wraps the real loader, counting loads per model."""
+
+    def __init__(self) -> None:
+        self.loads: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, source: ModelSource) -> LoadedModel:
+        with self._lock:
+            self.loads[source.label] += 1
+        return load_model(source)
+
+
+@pytest.fixture
+def loader() -> CountingLoader:
+    return CountingLoader()
+
+
+@pytest.fixture
+def engine(loader: CountingLoader) -> InferenceEngine:
+    return InferenceEngine(1024**3, loader=loader)
+
+
+def test_greedy_decoding_is_deterministic(engine: InferenceEngine, base: ModelSource) -> None:
+    first = engine.complete(base, MESSAGES, GREEDY)
+    second = engine.complete(base, MESSAGES, GREEDY)
+    assert first == second
+    assert first.text.strip()
+    assert first.prompt_tokens > 10
+    assert first.completion_tokens == 24
+    assert first.finish_reason == "length"
+
+
+def test_max_tokens_ends_with_length(engine: InferenceEngine, base: ModelSource) -> None:
+    completion = engine.complete(base, MESSAGES, SamplingParams(max_tokens=3, temperature=0))
+    assert completion.completion_tokens == 3
+    assert completion.finish_reason == "length"
+
+
+def test_end_of_turn_token_ends_with_stop(engine: InferenceEngine, eos_model: ModelSource) -> None:
+    completion = engine.complete(eos_model, MESSAGES, GREEDY)
+    assert completion.text == ""
+    assert completion.completion_tokens == 1
+    assert completion.finish_reason == "stop"
+
+
+def _stop_inside(text: str) -> tuple[str, int]:
+    """A two-character piece of ``text`` starting after its first few characters."""
+    for start in range(4, len(text) - 2):
+        stop = text[start : start + 2]
+        if stop.strip() and text.find(stop) >= 4:
+            return stop, text.find(stop)
+    raise AssertionError(f"no usable stop string in {text!r}")
+
+
+def test_stop_string_cuts_the_reply(engine: InferenceEngine, base: ModelSource) -> None:
+    full = engine.complete(base, MESSAGES, GREEDY).text
+    stop, index = _stop_inside(full)
+    params = SamplingParams(max_tokens=24, temperature=0, stop=("never-produced", stop))
+
+    completion = engine.complete(base, MESSAGES, params)
+
+    assert completion.text == full[:index]
+    assert completion.finish_reason == "stop"
+    assert completion.completion_tokens < 24
+
+
+def test_stream_yields_the_same_text_and_holds_back_stop_strings(
+    engine: InferenceEngine, base: ModelSource
+) -> None:
+    full = engine.complete(base, MESSAGES, GREEDY)
+    stream = engine.stream(base, MESSAGES, GREEDY)
+    deltas = list(stream)
+    assert len(deltas) > 1
+    assert "".join(deltas) == full.text
+    assert stream.result == full
+
+    stop, index = _stop_inside(full.text)
+    stream = engine.stream(
+        base, MESSAGES, SamplingParams(max_tokens=24, temperature=0, stop=(stop,))
+    )
+    assert "".join(stream) == full.text[:index]
+    assert stream.result is not None
+    assert stream.result.finish_reason == "stop"
+
+
+def test_closing_a_stream_stops_generation(engine: InferenceEngine, base: ModelSource) -> None:
+    stream = engine.stream(base, MESSAGES, SamplingParams(max_tokens=500, temperature=0))
+    deltas = iter(stream)
+    next(deltas)
+    stream.close()
+    list(deltas)
+    assert stream.result is not None
+    assert stream.result.completion_tokens < 500
+    # The model's lock was released: the next request runs.
+    assert engine.complete(base, MESSAGES, SamplingParams(max_tokens=2, temperature=0))
+
+
+def test_seed_reproduces_a_sampled_reply(engine: InferenceEngine, base: ModelSource) -> None:
+    params = SamplingParams(max_tokens=16, temperature=1.5, top_p=0.95, seed=1234)
+    assert engine.complete(base, MESSAGES, params) == engine.complete(base, MESSAGES, params)
+
+
+def test_adapter_is_applied(engine: InferenceEngine, base: ModelSource, tuned: ModelSource) -> None:
+    assert (
+        engine.complete(tuned, MESSAGES, GREEDY).text
+        != engine.complete(base, MESSAGES, GREEDY).text
+    )
+
+
+def test_lru_eviction_under_a_small_budget(
+    engine: InferenceEngine,
+    loader: CountingLoader,
+    base: ModelSource,
+    tuned: ModelSource,
+    eos_model: ModelSource,
+) -> None:
+    one = SamplingParams(max_tokens=1, temperature=0)
+    engine.complete(base, MESSAGES, one)
+    size = engine.cache.get(base).size_bytes
+    assert size > 0
+    engine.cache.budget_bytes = 2 * size + size // 2  # room for two models
+
+    engine.complete(tuned, MESSAGES, one)
+    engine.complete(base, MESSAGES, one)  # base becomes the most recently used
+    engine.complete(eos_model, MESSAGES, one)  # evicts the tuned model
+
+    assert engine.cache.loaded() == [base.cache_key, eos_model.cache_key]
+    engine.complete(tuned, MESSAGES, one)
+    assert engine.cache.loaded() == [eos_model.cache_key, tuned.cache_key]
+    assert loader.loads == {"tiny": 1, "tiny-ft": 2, "tiny-eos": 1}
+
+
+def test_a_model_bigger_than_the_budget_is_served_alone(
+    loader: CountingLoader, base: ModelSource, tuned: ModelSource
+) -> None:
+    engine = InferenceEngine(1, loader=loader)
+    one = SamplingParams(max_tokens=1, temperature=0)
+    engine.complete(base, MESSAGES, one)
+    engine.complete(tuned, MESSAGES, one)
+    assert engine.cache.loaded() == [tuned.cache_key]
+
+
+def test_concurrent_requests_share_one_load(
+    engine: InferenceEngine, loader: CountingLoader, base: ModelSource, tuned: ModelSource
+) -> None:
+    start = threading.Barrier(8)
+    results: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def ask(n: int) -> None:
+        source = base if n % 2 else tuned
+        params = SamplingParams(max_tokens=8, temperature=0)
+        try:
+            start.wait()
+            if n % 4 == 0:
+                stream = engine.stream(source, MESSAGES, params)
+                results[n] = "".join(stream)
+            else:
+                results[n] = engine.complete(source, MESSAGES, params).text
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert not errors
+    assert len({results[n] for n in range(1, 8, 2)}) == 1
+    assert len({results[n] for n in range(0, 8, 2)}) == 1
+    assert loader.loads == {"tiny": 1, "tiny-ft": 1}
+
+
+def test_missing_files_are_reported(engine: InferenceEngine, tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailable, match="base model files are missing"):
+        engine.complete(ModelSource("gone", tmp_path / "gone"), MESSAGES, GREEDY)
+
+
+def test_missing_adapter_is_reported(
+    engine: InferenceEngine, base: ModelSource, tmp_path: Path
+) -> None:
+    source = ModelSource("ft", base.base_path, tmp_path / "no-adapter")
+    with pytest.raises(ModelUnavailable, match="adapter files are missing"):
+        engine.complete(source, MESSAGES, GREEDY)
