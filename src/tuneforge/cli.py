@@ -6,9 +6,11 @@ import typer
 
 from tuneforge.config import get_settings
 from tuneforge.datasets.cli import datasets_app
+from tuneforge.jobs.cli import jobs_app
 
 app = typer.Typer(help="TuneForge: self-hostable fine-tuning platform.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(jobs_app, name="jobs")
 
 
 @app.command()
@@ -34,3 +36,34 @@ def serve(
 
     typer.echo(f"TuneForge is starting on http://{host}:{port}  (API docs: /api/docs)")
     uvicorn.run(create_app(), host=host, port=port, log_level="info")
+
+
+@app.command()
+def worker() -> None:
+    """Run a standalone worker against the configured database until SIGTERM or Ctrl-C."""
+    import logging
+    import signal
+    import threading
+
+    from tuneforge.db.engine import make_engine, make_session_factory
+    from tuneforge.db.migrate import ensure_migrated
+    from tuneforge.errors import TuneForgeError
+    from tuneforge.worker.monitors import Worker
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tuneforge").setLevel(logging.INFO)
+    settings = get_settings()
+    settings.ensure_data_dir()
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        ensure_migrated(engine)
+    except TuneForgeError as exc:
+        typer.echo(exc.detail, err=True)
+        raise typer.Exit(1) from exc
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    job_worker = Worker(make_session_factory(engine), settings)
+    typer.echo(f"Worker {job_worker.worker_id} is taking jobs; SIGTERM stops it gracefully.")
+    job_worker.run_forever(stop)
+    engine.dispose()

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     worker_lease_seconds: float = 30.0
     openai_api_key: str | None = None
     openai_base_url: str | None = None
+    inference_cache_bytes: int = 4 * 1024**3
     openai_timeout_seconds: float = 30.0
     training_prices_per_million_tokens: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_PRICES_PER_MILLION_TRAINING_TOKENS)

@@ -75,3 +75,21 @@ def test_an_invalid_dataset_or_model_is_rejected(
         client, account, dataset_id=dataset_id, model=MODEL, hyperparameters={"n_epochs": 99}
     )
     assert response.status_code == 422 and "n_epochs" in response.json()["detail"]
+
+
+@pytest.mark.usefixtures("installed_tiny_model")
+def test_a_local_model_estimate_uses_its_own_report_and_costs_nothing(
+    client: TestClient, account: Account, upload: Upload
+) -> None:
+    examples = [chat(f"Question {i}?", f"Answer {i}.") for i in range(12)]
+    uploaded = upload(jsonl(*examples), model="smollm2-135m-instruct")
+    assert uploaded.status_code == 201, uploaded.text
+    report = uploaded.json()["validation_report"]
+
+    response = estimate(client, account, dataset_id=uploaded.json()["id"], model=report["model"])
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["provider"] == "local"
+    assert body["billed_tokens"] == report["total_billed_tokens"]
+    assert body["estimated_cost_usd"] is None

@@ -21,7 +21,7 @@ from tuneforge.datasets.checks import Issue, make_issue, validate_chat_example
 from tuneforge.datasets.parsing import RawExample
 from tuneforge.datasets.tables import ExampleSplit
 from tuneforge.datasets.tokens import TokenCounter, count_chat_tokens
-from tuneforge.providers.catalog import BaseModelInfo
+from tuneforge.providers.catalog import BaseModelInfo, training_cost_usd
 
 # OpenAI's default-epochs heuristic, from the cookbook.
 TARGET_EPOCHS = 3
@@ -222,9 +222,7 @@ class ReportBuilder:
         valid = len(self._lines)
         epochs = default_epochs(self._train)
         billed_total = self._billed_per_epoch * (epochs or 0)
-        cost = None
-        if self._price is not None and epochs is not None:
-            cost = round(billed_total / 1_000_000 * self._price, 6)
+        cost = None if epochs is None else training_cost_usd(billed_total, self._price)
         lines = _numpy(self._lines)
         exact = _repeats(_numpy(self._exact_hashes))
         near = {

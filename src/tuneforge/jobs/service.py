@@ -46,7 +46,11 @@ from tuneforge.jobs.tables import (
     JobMetric,
     JobStatus,
 )
-from tuneforge.providers.catalog import find_base_model, training_price_per_million
+from tuneforge.providers.catalog import (
+    find_base_model,
+    training_cost_usd,
+    training_price_per_million,
+)
 from tuneforge.providers.registry import get_provider
 from tuneforge.worker.monitors import advance_job_now
 
@@ -246,7 +250,10 @@ def estimate_job(
             field="dataset_id",
         )
     report = ValidationReport.model_validate(dataset.validation_report)
-    if (model.tokenizer, model.context_length) != (report.tokenizer, report.context_length):
+    same_tokenizer = report.model == model.name or (
+        model.tokenizer != "local" and model.tokenizer == report.tokenizer
+    )
+    if not same_tokenizer or model.context_length != report.context_length:
         raise InvalidInput(
             f"model: dataset {dataset.id} was validated for {report.model}, whose tokens and "
             f"context differ from {model.name}'s; validate it against {model.name} first",
@@ -264,7 +271,7 @@ def estimate_job(
         billed_tokens_per_epoch=report.billed_tokens_per_epoch,
         billed_tokens=billed_tokens,
         price_per_million_tokens=price,
-        estimated_cost_usd=None if price is None else round(billed_tokens / 1_000_000 * price, 6),
+        estimated_cost_usd=training_cost_usd(billed_tokens, price),
     )
 
 

@@ -16,6 +16,7 @@ from tuneforge.models import repository
 from tuneforge.models.repository import DailyUsage
 from tuneforge.models.schemas import ModelUsageReport, UsageCost, UsageDay, UsageTotals
 from tuneforge.models.tables import FineTunedModel, ModelUsage
+from tuneforge.providers.catalog import training_cost_usd
 
 LOCAL_PROVIDER = "local"
 DEFAULT_RANGE_DAYS = 30
@@ -134,11 +135,10 @@ def _cost(model: FineTunedModel, training_prices: dict[str, float]) -> UsageCost
         )
     trained_tokens = (model.metrics_summary or {}).get("trained_tokens")
     price = training_prices.get(model.base_model)
-    if price is None or trained_tokens is None:
-        training_usd = None
+    training_usd = None if trained_tokens is None else training_cost_usd(trained_tokens, price)
+    if training_usd is None:
         training_note = f"No training price is configured for {model.base_model}."
     else:
-        training_usd = round(trained_tokens * price / 1_000_000, 6)
         training_note = "Training cost uses the configured price per million training tokens."
     return UsageCost(
         inference_usd=None,

@@ -68,3 +68,10 @@ def find_base_model(name: str, settings: Settings) -> BaseModelInfo:
 def training_price_per_million(name: str, settings: Settings) -> float | None:
     """USD per million training tokens; None when no price is configured (local models)."""
     return settings.training_prices_per_million_tokens.get(name)
+
+
+def training_cost_usd(billed_tokens: int, price_per_million: float | None) -> float | None:
+    """What training on ``billed_tokens`` costs; None when the model has no price."""
+    if price_per_million is None:
+        return None
+    return round(billed_tokens / 1_000_000 * price_per_million, 6)

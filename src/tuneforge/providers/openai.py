@@ -62,9 +62,7 @@ class OpenAIProvider:
     name = "openai"
     runs_in_worker = False
 
-    def __init__(
-        self, settings: Settings, *, timeout_seconds: float | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, *, timeout_seconds: float | None = None) -> None:
         self._settings = settings
         self._timeout = timeout_seconds or settings.openai_timeout_seconds
         self._client: OpenAI | None = None

@@ -15,7 +15,14 @@ def _openai(settings: Settings) -> FineTuningProvider:
     return OpenAIProvider(settings)
 
 
+def _local(settings: Settings) -> FineTuningProvider:
+    from tuneforge.providers.local.provider import LocalProvider
+
+    return LocalProvider(settings)
+
+
 _FACTORIES: dict[str, Callable[[Settings], FineTuningProvider]] = {
+    "local": _local,
     "openai": _openai,
 }
 
