@@ -1,0 +1,138 @@
+"""Importing logged agent conversations as chat examples in OpenAI's fine-tuning format.
+
+Conversations stream from the agents service in batches and are validated as they are
+inserted, so an import of any size holds only one batch in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+from sqlalchemy.orm import Session
+
+from tuneforge.agents import service as agents_service
+from tuneforge.agents.tables import Agent, Conversation, ConversationMessage
+from tuneforge.auth.service import Principal
+from tuneforge.config import Settings
+from tuneforge.datasets import repository, service
+from tuneforge.datasets.parsing import RawExample
+from tuneforge.datasets.schemas import ImportFilter, ImportRequest
+from tuneforge.datasets.tables import DatasetFormat, DatasetStatus, FineTuningDataset
+from tuneforge.db.scoping import get_owned
+from tuneforge.errors import InvalidInput
+from tuneforge.providers.catalog import DEFAULT_VALIDATION_MODEL
+
+AssistantTurns = Literal["all", "last"]
+
+
+def message_dict(message: ConversationMessage) -> dict[str, Any]:
+    """A stored message as an OpenAI chat message, leaving out fields it does not use."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.name is not None:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["tool_calls"] = message.tool_calls
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def conversation_messages(
+    messages: Sequence[ConversationMessage],
+    *,
+    system_prompt: str | None,
+    assistant_turns: AssistantTurns,
+) -> list[dict[str, Any]]:
+    """The example's messages; ``assistant_turns="last"`` trains only on the final reply.
+
+    Earlier assistant turns stay in the context with ``weight: 0``, OpenAI's way of keeping
+    a turn out of the loss. ``system_prompt`` is prepended when the conversation has no
+    system message of its own.
+    """
+    out = [message_dict(message) for message in messages]
+    if system_prompt and not any(m["role"] == "system" for m in out):
+        out.insert(0, {"role": "system", "content": system_prompt})
+    if assistant_turns == "last":
+        assistant_positions = [i for i, m in enumerate(out) if m["role"] == "assistant"]
+        for position in assistant_positions[:-1]:
+            out[position]["weight"] = 0
+    return out
+
+
+def _examples(
+    session: Session,
+    organization_id: str,
+    conversations: Iterator[tuple[Conversation, list[ConversationMessage]]],
+    request: ImportRequest,
+    first_line: int,
+) -> Iterator[tuple[RawExample, str | None]]:
+    """(example, conversation id) per conversation; each agent's prompt is looked up once."""
+    prompts: dict[str, str | None] = {}
+    for line_number, (conversation, messages) in enumerate(conversations, first_line):
+        system_prompt = None
+        if request.include_system_prompt:
+            if conversation.agent_id not in prompts:
+                agent = get_owned(session, Agent, conversation.agent_id, organization_id)
+                prompts[conversation.agent_id] = agent.system_prompt
+            system_prompt = prompts[conversation.agent_id]
+        chat = conversation_messages(
+            messages, system_prompt=system_prompt, assistant_turns=request.assistant_turns
+        )
+        yield RawExample(line_number, {"messages": chat}, None, None), conversation.id
+
+
+def _filters(request: ImportFilter) -> dict[str, Any]:
+    return {
+        "agent_ids": request.agent_ids,
+        "started_from": request.started_from,
+        "started_to": request.started_to,
+        "min_rating": request.min_rating,
+        "tags": request.tags,
+    }
+
+
+def preview_import(session: Session, organization_id: str, request: ImportFilter) -> int:
+    return agents_service.count_conversations_for_import(
+        session, organization_id, **_filters(request)
+    )
+
+
+def import_conversations(
+    session: Session, principal: Principal, request: ImportRequest, settings: Settings
+) -> FineTuningDataset:
+    """Append matching conversations to a new or existing dataset, then validate all of it.
+
+    Existing rows are re-validated in the same pass, so the report covers the whole dataset.
+    """
+    organization_id = principal.organization_id
+    conversations = agents_service.iter_conversations_for_import(
+        session, organization_id, **_filters(request)
+    )
+    if request.dataset_id is not None:
+        dataset = repository.get_dataset(
+            session, organization_id, request.dataset_id, for_update=True
+        )
+    else:
+        dataset = FineTuningDataset(
+            organization_id=organization_id,
+            created_by=principal.user.id,
+            name=request.name,
+            description=request.description,
+            format=DatasetFormat.CONVERSATIONS,
+            status=DatasetStatus.VALIDATING,
+            target_model=request.model or DEFAULT_VALIDATION_MODEL,
+            validation_fraction=request.validation_fraction or 0.0,
+            split_seed=request.split_seed or 0,
+        )
+        session.add(dataset)
+        session.flush()
+    builder = service.report_builder(service.validation_model(dataset, request.model), settings)
+    service.revalidate_rows(session, dataset, builder)
+    first_line = repository.max_line_number(session, dataset.id) + 1
+    examples = _examples(session, organization_id, conversations, request, first_line)
+    if service.ingest(session, dataset, examples, builder) == 0:
+        raise InvalidInput("No conversations match these filters", field="filters")
+    service.apply_report(dataset, builder)
+    session.flush()
+    return dataset
