@@ -13,6 +13,7 @@ from pydantic import BaseModel
 class TuneForgeError(Exception):
     status_code = 400
     error = "bad_request"
+    headers: dict[str, str] | None = None
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -28,6 +29,7 @@ class InvalidInput(TuneForgeError):
 class Unauthorized(TuneForgeError):
     status_code = 401
     error = "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
 
 
 class Forbidden(TuneForgeError):
@@ -46,8 +48,12 @@ class Conflict(TuneForgeError):
 
 
 class PayloadTooLarge(TuneForgeError):
+    """Closes the connection: otherwise the server keeps it alive by reading (and discarding)
+    the rest of the body, and the client goes on uploading everything it meant to send."""
+
     status_code = 413
     error = "payload_too_large"
+    headers = {"Connection": "close"}
 
 
 class UnsupportedMediaType(TuneForgeError):
@@ -79,8 +85,7 @@ def install_error_handler(app: FastAPI) -> None:
     @app.exception_handler(TuneForgeError)
     async def render_tuneforge_error(_: Request, exc: TuneForgeError) -> JSONResponse:
         body = {"error": exc.error, "detail": exc.detail, **exc.extra}
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-        return JSONResponse(status_code=exc.status_code, content=body, headers=headers)
+        return JSONResponse(status_code=exc.status_code, content=body, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def render_request_validation_error(

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 
 from tuneforge.auth.deps import PrincipalDep
 from tuneforge.datasets import importers, service, storage
@@ -59,15 +58,12 @@ Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
 )
 async def upload_dataset(
     request: Request, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
-) -> DatasetOut | JSONResponse:
+) -> DatasetOut:
     limit = settings.upload_limit_bytes
-    try:
-        storage.check_content_length(request.headers.get("content-length"), limit)
-        upload = await storage.receive_upload(
-            request.headers.get("content-type"), request.stream(), settings.uploads_dir, limit
-        )
-    except PayloadTooLarge as exc:
-        return storage.refusal(exc)
+    storage.check_content_length(request.headers.get("content-length"), limit)
+    upload = await storage.receive_upload(
+        request.headers.get("content-type"), request.stream(), settings.uploads_dir, limit
+    )
     dataset = await run_in_threadpool(
         service.create_from_upload, session, principal, upload, settings
     )

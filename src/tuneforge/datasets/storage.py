@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from fastapi.responses import JSONResponse
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy import event
@@ -49,17 +48,6 @@ class ReceivedUpload:
 def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"The upload exceeds the limit of {limit} bytes", field=FILE_FIELD, limit_bytes=limit
-    )
-
-
-def refusal(exc: PayloadTooLarge) -> JSONResponse:
-    """The 413 body every error has, plus ``Connection: close``: without it the server keeps
-    the connection alive by reading (and discarding) the rest of the body, so the client would
-    go on uploading everything it meant to send."""
-    return JSONResponse(
-        status_code=exc.status_code,
-        content={"error": exc.error, "detail": exc.detail, **exc.extra},
-        headers={"Connection": "close"},
     )
 
 
