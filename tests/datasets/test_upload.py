@@ -150,6 +150,7 @@ def test_oversized_upload_is_refused_by_content_length(
     response = upload(b"x" * (settings.upload_limit_bytes + 1))
     assert response.status_code == 413, response.text
     assert response.json()["error"] == "payload_too_large"
+    assert response.headers["connection"] == "close"
     _nothing_stored(db_session, settings)
 
 
