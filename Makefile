@@ -27,6 +27,7 @@ setup: $(STAMP) $(VENDOR)
 
 run: setup
 	$(BIN)/tuneforge migrate
+	$(BIN)/tuneforge models pull smollm2-135m-instruct
 	$(BIN)/tuneforge serve --host 127.0.0.1 --port 8000
 
 test: setup

@@ -1,0 +1,1 @@
+"""The ``local`` provider: LoRA fine-tuning on this machine, in a child process per job."""

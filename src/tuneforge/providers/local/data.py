@@ -1,0 +1,227 @@
+"""Chat examples to training tensors: the model's chat template, assistant-only targets, packing.
+
+Targets: the conversation is rendered with the model's own chat template, and only the
+text of assistant turns (with ``weight`` other than 0) is learned, including the
+template's end-of-turn marker so the model learns to stop. Each turn's span is found by
+rendering the conversation up to the turn with and without it; the text is then
+tokenized segment by segment so every token is wholly inside or outside a span, and the
+prompt part is tokenized exactly as inference will tokenize it.
+
+Packing (see ``plan_micro_batches``): a step's examples are laid, longest first, into
+rows as wide as the longest example of the micro-batch, the gaps filled first-fit with
+shorter examples, and rows stacked up to a token budget. Examples share a row with
+position ids restarting at 0; transformers turns restarts into a block-diagonal causal
+mask, so no example attends to another (the tests compare logits with the example run
+alone). On CPU, dense attention cost grows with row width squared, so rows only as wide as
+the longest example beat rows of ``max_seq_length``, and they waste almost no padding.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+_ROLE_ALIASES = {"developer": "system", "function": "tool"}
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    input_ids: list[int]
+    targets: list[int]  # next-token targets; IGNORE_INDEX where nothing is learned
+    truncated: bool
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_targets(self) -> int:
+        return sum(1 for t in self.targets if t != IGNORE_INDEX)
+
+
+@dataclass(frozen=True)
+class EncodedDataset:
+    examples: list[EncodedExample]
+    truncated: int  # examples cut at max_seq_length (kept if a target survived)
+    dropped: int  # examples with nothing left to learn after truncation
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(e.length for e in self.examples)
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    targets: torch.Tensor
+
+    @property
+    def n_targets(self) -> int:
+        return int((self.targets != IGNORE_INDEX).sum())
+
+
+def read_chat_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def encode_dataset(
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[dict[str, Any]], max_seq_length: int
+) -> EncodedDataset:
+    encoded, truncated, dropped = [], 0, 0
+    for example in examples:
+        item = encode_chat_example(tokenizer, example, max_seq_length)
+        truncated += item.truncated
+        if item.n_targets == 0:
+            dropped += 1
+        else:
+            encoded.append(item)
+    return EncodedDataset(encoded, truncated, dropped)
+
+
+def encode_chat_example(
+    tokenizer: PreTrainedTokenizerBase, example: dict[str, Any], max_seq_length: int
+) -> EncodedExample:
+    messages = [_template_message(m) for m in example["messages"]]
+    trained = [m["role"] == "assistant" and m.get("weight", 1) != 0 for m in example["messages"]]
+    tools = example.get("tools")
+    text = _render(tokenizer, messages, tools, generation_prompt=False)
+    spans = _assistant_spans(tokenizer, messages, trained, tools, text)
+    segments, learn = [], []
+    cursor = 0
+    for start, end in spans:
+        segments += [text[cursor:start], text[start:end]]
+        learn += [False, True]
+        cursor = end
+    segments.append(text[cursor:])
+    learn.append(False)
+    kept = [(segment, flag) for segment, flag in zip(segments, learn, strict=True) if segment]
+    pieces = tokenizer([segment for segment, _ in kept], add_special_tokens=False)["input_ids"]
+    ids: list[int] = []
+    mask: list[bool] = []
+    for piece, (_, is_learned) in zip(pieces, kept, strict=True):
+        ids += piece
+        mask += [is_learned] * len(piece)
+    truncated = len(ids) > max_seq_length
+    ids, mask = ids[:max_seq_length], mask[:max_seq_length]
+    targets = [ids[j + 1] if mask[j + 1] else IGNORE_INDEX for j in range(len(ids) - 1)]
+    return EncodedExample(ids, [*targets, IGNORE_INDEX], truncated)
+
+
+def _template_message(message: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI-format message as chat templates expect it: text content, known roles."""
+    out = {k: v for k, v in message.items() if k not in ("weight", "refusal")}
+    out["role"] = _ROLE_ALIASES.get(message["role"], message["role"])
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(part.get("text", "") for part in content)
+    out["content"] = content or message.get("refusal") or ""
+    return out
+
+
+def _render(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    *,
+    generation_prompt: bool,
+) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt
+    )
+
+
+def _assistant_spans(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    trained: list[bool],
+    tools: list[dict[str, Any]] | None,
+    text: str,
+) -> list[tuple[int, int]]:
+    """Character spans of the trained assistant turns in ``text``, in order."""
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for index, message in enumerate(messages):
+        if not trained[index]:
+            continue
+        span = None
+        if index > 0:
+            prompt = _render(tokenizer, messages[:index], tools, generation_prompt=True)
+            upto = _render(tokenizer, messages[: index + 1], tools, generation_prompt=False)
+            if text.startswith(upto) and upto.startswith(prompt) and len(prompt) >= cursor:
+                span = (len(prompt), len(upto.rstrip()))
+        if span is None:
+            # Templates that rewrite earlier turns: fall back to the content and end marker.
+            start = text.find(message["content"], cursor)
+            if start < 0:
+                continue
+            end = start + len(message["content"])
+            eos = tokenizer.eos_token or ""
+            if eos and text.startswith(eos, end):
+                end += len(eos)
+            span = (start, end)
+        if span[1] > span[0]:
+            spans.append(span)
+            cursor = span[1]
+    return spans
+
+
+def plan_micro_batches(
+    lengths: Sequence[int], indices: Sequence[int], token_budget: int
+) -> list[list[list[int]]]:
+    """Micro-batches of rows of example indices; every index appears exactly once.
+
+    A micro-batch's row width is its longest example; it holds ``token_budget // width``
+    rows (at least one) and takes every remaining example, longest first, that fits a gap.
+    """
+    remaining = sorted(indices, key=lambda i: (-lengths[i], i))
+    batches: list[list[list[int]]] = []
+    while remaining:
+        width = lengths[remaining[0]]
+        max_rows = max(1, token_budget // width)
+        rows: list[list[int]] = []
+        free: list[int] = []
+        leftover: list[int] = []
+        for index in remaining:
+            size = lengths[index]
+            for row, space in enumerate(free):
+                if size <= space:
+                    rows[row].append(index)
+                    free[row] -= size
+                    break
+            else:
+                if len(rows) < max_rows:
+                    rows.append([index])
+                    free.append(width - size)
+                else:
+                    leftover.append(index)
+        batches.append(rows)
+        remaining = leftover
+    return batches
+
+
+def collate_rows(examples: Sequence[EncodedExample], rows: list[list[int]]) -> PackedBatch:
+    """Tensors for one micro-batch; padding is its own position run with no targets."""
+    width = max(sum(examples[i].length for i in row) for row in rows)
+    input_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    targets = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for r, row in enumerate(rows):
+        offset = 0
+        for index in row:
+            example = examples[index]
+            end = offset + example.length
+            input_ids[r, offset:end] = torch.tensor(example.input_ids)
+            position_ids[r, offset:end] = torch.arange(example.length)
+            targets[r, offset:end] = torch.tensor(example.targets)
+            offset = end
+        position_ids[r, offset:] = torch.arange(width - offset)
+    return PackedBatch(input_ids, position_ids, targets)

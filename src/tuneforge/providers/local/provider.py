@@ -1,0 +1,339 @@
+"""The ``local`` provider: the worker's side of training on this machine.
+
+Each job is a child process (``process.py``) writing into ``<data dir>/jobs/<job id>/``;
+this side starts it, signals it and reads its files. Child handles live in a
+process-wide table, not on the provider object, so any instance in the worker process
+sees them. A handle exists only in the worker process that started the child: after a
+worker restart there is none, ``find_job`` answers None for an unfinished job and the
+next ``create_job`` resumes it from its latest checkpoint. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config import Settings
+from tuneforge.errors import InvalidInput, TuneForgeError
+from tuneforge.jobs.tables import JobStatus
+from tuneforge.providers.base import (
+    ProviderCheckpoint,
+    ProviderError,
+    ProviderEvent,
+    ProviderJobRequest,
+    ProviderJobStatus,
+    ProviderMetric,
+    RetriableProviderError,
+)
+from tuneforge.providers.catalog import BaseModelInfo, list_base_models
+from tuneforge.providers.local.jobdir import (
+    ADAPTER_DIR,
+    TERMINAL_STATES,
+    JobPaths,
+    JobSpec,
+    checkpoint_dirs,
+    job_paths,
+    jobs_root,
+    parse_local_hyperparameters,
+    read_events,
+    read_json,
+    read_spec,
+    read_status,
+    update_status,
+    write_spec,
+)
+from tuneforge.providers.local.process import MODULE, SUPERVISOR_PID_ENV
+from tuneforge.providers.local.store import DEFAULT_MODEL, find_model_dir, pull_command
+
+_LOG_TAIL_BYTES = 2000
+_FILE_KEY = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+@dataclass
+class _Child:
+    process: subprocess.Popen[bytes]
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+_children: dict[str, _Child] = {}
+_children_lock = threading.Lock()
+_event_offsets: dict[Path, tuple[int, int]] = {}  # progress file -> (last id read, offset)
+
+
+class LocalProvider:
+    """LoRA training in a child process of the worker, polled every couple of seconds."""
+
+    name = "local"
+    runs_in_worker = True
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def list_base_models(self) -> list[BaseModelInfo]:
+        return [m for m in list_base_models(self._settings) if m.provider == self.name]
+
+    def ensure_configured(self) -> None:
+        if not any(find_model_dir(self._settings, m.name) for m in self.list_base_models()):
+            raise InvalidInput(
+                f"No local base model is installed; run `{pull_command(DEFAULT_MODEL)}`",
+                field="provider",
+            )
+
+    def upload_training_file(self, path: Path, *, idempotency_key: str) -> str:
+        """Copy the exported JSONL where the job will read it; the id is that path."""
+        uploads = jobs_root(self._settings) / "files"
+        uploads.mkdir(parents=True, exist_ok=True)
+        target = uploads / f"{_FILE_KEY.sub('_', idempotency_key)}.jsonl"
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        shutil.copyfile(path, tmp)
+        tmp.replace(target)
+        return str(target.resolve())
+
+    def create_job(self, request: ProviderJobRequest) -> str:
+        job_id = request.idempotency_key
+        paths = job_paths(self._settings, job_id)
+        with _children_lock:
+            child = _children.get(job_id)
+            if child is not None and child.alive:
+                return job_id
+            status = read_status(paths) or {}
+            if status.get("state") == "succeeded" or paths.cancel_marker.exists():
+                return job_id
+            self._prepare(paths, request)
+            _children[job_id] = self._spawn(paths, attempt=int(status.get("attempt", 0)) + 1)
+        return job_id
+
+    def find_job(self, idempotency_key: str) -> str | None:
+        """Our job id while its trainer runs here or once it has finished; else None."""
+        paths = job_paths(self._settings, idempotency_key)
+        with _children_lock:
+            child = _children.get(idempotency_key)
+        if child is not None and child.alive:
+            return idempotency_key
+        status = read_status(paths) or {}
+        if status.get("state") in TERMINAL_STATES or paths.cancel_marker.exists():
+            return idempotency_key
+        return None
+
+    def get_status(self, provider_job_id: str) -> ProviderJobStatus:
+        """The child's state; a finished state counts only once its processes have exited."""
+        paths = job_paths(self._settings, provider_job_id)
+        status = read_status(paths)
+        if status is None:
+            raise ProviderError(f"Local job {provider_job_id} does not exist", code="not_found")
+        state = status.get("state", "starting")
+        tokens = status.get("trained_tokens")
+        with _children_lock:
+            child = _children.get(provider_job_id)
+        if child is not None and child.alive:
+            cancelling = paths.cancel_marker.exists()
+            return ProviderJobStatus(
+                status=JobStatus.CANCELLING if cancelling else JobStatus.RUNNING,
+                raw_status="cancelling" if cancelling else state,
+                trained_tokens=tokens,
+                estimated_finish=_estimated_finish(status),
+                progress_percentage=_percent(status),
+            )
+        if state == "succeeded":
+            return ProviderJobStatus(
+                status=JobStatus.SUCCEEDED,
+                raw_status=state,
+                trained_tokens=tokens,
+                fine_tuned_model=status["fine_tuned_model"],
+                progress_percentage=100.0,
+            )
+        if state == "failed":
+            return self._failed(state, "training_failed", status.get("error"), tokens)
+        if state == "cancelled" or paths.cancel_marker.exists():
+            if state != "cancelled":  # killed before it could say so itself
+                update_status(paths, state="cancelled")
+            return ProviderJobStatus(JobStatus.CANCELLED, "cancelled", trained_tokens=tokens)
+        if child is not None:
+            code = child.process.returncode
+            reason = f"signal {-code}" if code < 0 else f"exit code {code}"
+            message = f"The training process ended with {reason}. {_log_tail(paths)}".strip()
+            return self._failed(state, "trainer_crashed", message, tokens)
+        raise RetriableProviderError(
+            f"No trainer is attached to local job {provider_job_id} in this worker; "
+            "call find_job, then create_job, to resume it",
+            retry_after=0.0,
+            code="trainer_detached",
+        )
+
+    def list_events(self, provider_job_id: str, *, after: str | None) -> list[ProviderEvent]:
+        progress = job_paths(self._settings, provider_job_id).progress
+        after_id = int(after) if after else 0
+        last_id, offset = _event_offsets.get(progress, (0, 0))
+        size = progress.stat().st_size if progress.exists() else 0
+        start = offset if last_id <= after_id and offset <= size else 0
+        events, end = read_events(progress, after_id, start_offset=start)
+        _event_offsets[progress] = (events[-1]["id"] if events else max(after_id, last_id), end)
+        return [_provider_event(e) for e in events]
+
+    def list_checkpoints(self, provider_job_id: str) -> list[ProviderCheckpoint]:
+        paths = job_paths(self._settings, provider_job_id)
+        checkpoints = []
+        for step, path in checkpoint_dirs(paths):
+            info = read_json(path / "checkpoint.json") or {}
+            checkpoints.append(
+                ProviderCheckpoint(
+                    provider_checkpoint_id=f"step-{step}",
+                    step=step,
+                    model_reference=str((path / ADAPTER_DIR).resolve()),
+                    metrics=dict(info.get("metrics") or {}),
+                )
+            )
+        return checkpoints
+
+    def cancel(self, provider_job_id: str) -> None:
+        """Mark the job cancelled and ask its trainer (all its processes) to stop."""
+        paths = job_paths(self._settings, provider_job_id)
+        if not paths.root.is_dir():
+            return
+        paths.cancel_marker.touch()
+        with _children_lock:
+            child = _children.get(provider_job_id)
+        if child is not None and child.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.process.pid, signal.SIGTERM)
+
+    def _prepare(self, paths: JobPaths, request: ProviderJobRequest) -> None:
+        """Write the job's spec and data files; the same on every (re)start."""
+        try:
+            hyperparameters = parse_local_hyperparameters(request.hyperparameters)
+        except TuneForgeError as exc:
+            raise ProviderError(exc.detail, code="invalid_hyperparameters") from exc
+        base_path = find_model_dir(self._settings, request.base_model)
+        if base_path is None:
+            raise ProviderError(
+                f"Base model {request.base_model!r} is not in the model store; "
+                f"run `{pull_command(request.base_model)}`",
+                code="model_not_found",
+            )
+        paths.root.mkdir(parents=True, exist_ok=True)
+        _link_or_copy(Path(request.training_file_id), paths.train_file)
+        if request.validation_file_id:
+            _link_or_copy(Path(request.validation_file_id), paths.valid_file)
+        seed = request.seed if request.seed is not None else 42
+        write_spec(
+            paths,
+            JobSpec(
+                job_id=request.idempotency_key,
+                base_model=request.base_model,
+                base_model_path=str(base_path.resolve()),
+                hyperparameters=hyperparameters.model_dump(),
+                seed=seed,
+                has_validation=bool(request.validation_file_id),
+                suffix=request.suffix,
+            ),
+        )
+
+    def _spawn(self, paths: JobPaths, *, attempt: int) -> _Child:
+        # Written before the child exists, so no poll sees a previous attempt's final state.
+        update_status(paths, state="starting", attempt=attempt, error=None)
+        env = {
+            # Idle OpenMP threads sleep instead of spinning: the trainer shares this machine
+            # with the server and worker, and spinning threads starve each other (10x slower).
+            "OMP_WAIT_POLICY": "PASSIVE",
+            **os.environ,
+            SUPERVISOR_PID_ENV: str(os.getpid()),
+            "PYTHONUNBUFFERED": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        with paths.log.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", MODULE, str(paths.root.resolve())],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        return _Child(process)
+
+    @staticmethod
+    def _failed(raw: str, code: str, message: str | None, tokens: Any) -> ProviderJobStatus:
+        return ProviderJobStatus(
+            status=JobStatus.FAILED,
+            raw_status=raw,
+            trained_tokens=tokens,
+            error_code=code,
+            error_message=message or "Training failed",
+        )
+
+
+def local_model_files(settings: Settings, fine_tuned_model: str) -> tuple[Path, Path]:
+    """Base model and adapter directories of a local fine-tuned model, for inference."""
+    job_id = fine_tuned_model.rsplit(":", 1)[-1]
+    paths = job_paths(settings, job_id)
+    spec = read_spec(paths)
+    if spec.fine_tuned_model != fine_tuned_model:
+        raise InvalidInput(f"{fine_tuned_model!r} is not a local fine-tuned model", field="model")
+    return Path(spec.base_model_path), paths.adapter
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        tmp.hardlink_to(source)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    tmp.replace(target)
+
+
+def _percent(status: dict[str, Any]) -> float | None:
+    total = status.get("total_steps")
+    return 100.0 * status.get("step", 0) / total if total else None
+
+
+def _estimated_finish(status: dict[str, Any]) -> datetime | None:
+    total, seconds = status.get("total_steps"), status.get("seconds_per_step")
+    if not total or not seconds:
+        return None
+    remaining = (total - status.get("step", 0)) * seconds
+    return datetime.fromisoformat(status["updated_at"]) + timedelta(seconds=remaining)
+
+
+def _log_tail(paths: JobPaths) -> str:
+    try:
+        with paths.log.open("rb") as handle:
+            handle.seek(max(0, paths.log.stat().st_size - _LOG_TAIL_BYTES))
+            tail = handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    lines = [line for line in tail.splitlines() if line.strip()]
+    return "\n".join(lines[-8:])
+
+
+def _provider_event(event: dict[str, Any]) -> ProviderEvent:
+    step = event.get("step")
+    return ProviderEvent(
+        provider_event_id=str(event["id"]),
+        created_at=datetime.fromisoformat(event["created_at"]),
+        level=event["level"],
+        message=event["message"],
+        event_type=event["type"],
+        metrics=tuple(
+            ProviderMetric(step=step, name=name, value=float(value))
+            for name, value in (event.get("metrics") or {}).items()
+        )
+        if step is not None
+        else (),
+        data={**(event.get("data") or {}), "step": step} if step is not None else event.get("data"),
+    )

@@ -1,0 +1,182 @@
+"""What a training run tells the worker, through files in the job directory.
+
+Only rank 0 writes (events, the status file, checkpoints and the final adapter); on other
+ranks every method is a no-op, so the training loop calls them unconditionally.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from tuneforge.providers.local.checkpoints import save_checkpoint
+from tuneforge.providers.local.data import EncodedDataset
+from tuneforge.providers.local.jobdir import JobPaths, ProgressLog, read_spec, update_status
+
+if TYPE_CHECKING:
+    from tuneforge.providers.local.trainer import Plan
+
+_SPEED_SMOOTHING = 0.3
+
+
+class Reporter:
+    def __init__(self, paths: JobPaths, *, enabled: bool) -> None:
+        self.paths = paths
+        self.enabled = enabled
+        self._log = ProgressLog(paths.progress) if enabled else None
+        self._seconds_per_step: float | None = None
+        self._last_report: float | None = None
+
+    def _emit(self, event_type: str, message: str, **kwargs: Any) -> None:
+        if self._log is not None:
+            self._log.emit(event_type, message, **kwargs)
+
+    def dataset(self, train: EncodedDataset, max_seq_length: int) -> None:
+        if train.truncated:
+            self._emit(
+                "truncation",
+                f"{train.truncated} training examples were longer than {max_seq_length} tokens "
+                "and were truncated",
+                level="warning",
+                data={"truncated": train.truncated, "max_seq_length": max_seq_length},
+            )
+        if train.dropped:
+            self._emit(
+                "truncation",
+                f"{train.dropped} training examples had no assistant tokens left to learn "
+                "and were skipped",
+                level="warning",
+                data={"dropped": train.dropped},
+            )
+
+    def started(self, plan: Plan, start_step: int, trained_tokens: int) -> None:
+        if not self.enabled:
+            return
+        status = update_status(
+            self.paths,
+            state="running",
+            step=start_step,
+            total_steps=plan.total_steps,
+            n_epochs=plan.n_epochs,
+            trained_tokens=trained_tokens,
+            plan=plan.as_dict(),
+            pid=os.getpid(),
+        )
+        attempt = status.get("attempt", 1)
+        if start_step:
+            self._emit(
+                "resumed",
+                f"Resumed from checkpoint step-{start_step} (attempt {attempt})",
+                step=start_step,
+            )
+        else:
+            self._emit(
+                "started",
+                f"Training started: {plan.total_steps} steps, {plan.n_epochs} epochs, "
+                f"batch size {plan.batch_size}, learning rate {plan.learning_rate:.2e}",
+                data=plan.as_dict(),
+            )
+        self._last_report = time.monotonic()
+
+    def epoch(self, epoch: int, n_epochs: int, step: int) -> None:
+        self._emit("epoch", f"Epoch {epoch}/{n_epochs}", step=step, data={"epoch": epoch})
+
+    def step(self, step: int, metrics: dict[str, float], trained_tokens: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        elapsed = now - (self._last_report or now)
+        self._last_report = now
+        self._seconds_per_step = (
+            elapsed
+            if self._seconds_per_step is None
+            else _SPEED_SMOOTHING * elapsed + (1 - _SPEED_SMOOTHING) * self._seconds_per_step
+        )
+        status = update_status(
+            self.paths,
+            step=step,
+            trained_tokens=trained_tokens,
+            seconds_per_step=self._seconds_per_step,
+            latest_metrics=metrics,
+        )
+        parts = ", ".join(f"{name}={value:.4g}" for name, value in metrics.items())
+        self._emit(
+            "metrics",
+            f"Step {step}/{status['total_steps']}: {parts}",
+            step=step,
+            metrics=metrics,
+        )
+
+    def checkpoint(
+        self,
+        step: int,
+        model: PeftModel,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        trained_tokens: int,
+        metrics: dict[str, float],
+    ) -> None:
+        if not self.enabled:
+            return
+        path = save_checkpoint(
+            self.paths,
+            step=step,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            trained_tokens=trained_tokens,
+            metrics=metrics,
+        )
+        self._emit(
+            "checkpoint", f"Saved checkpoint step-{step}", step=step, data={"path": str(path)}
+        )
+
+    def succeeded(
+        self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, trained_tokens: int
+    ) -> None:
+        """Write the final adapter (with the tokenizer, for inference) atomically, then say so."""
+        if not self.enabled:
+            return
+        spec = read_spec(self.paths)
+        tmp = self.paths.root / f".adapter.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(self.paths.adapter, ignore_errors=True)
+        tmp.replace(self.paths.adapter)
+        update_status(
+            self.paths,
+            state="succeeded",
+            trained_tokens=trained_tokens,
+            fine_tuned_model=spec.fine_tuned_model,
+        )
+        self._emit(
+            "finished",
+            f"Training finished; model {spec.fine_tuned_model} is ready",
+            data={"fine_tuned_model": spec.fine_tuned_model, "trained_tokens": trained_tokens},
+        )
+
+    def cancelled(self, step: int) -> None:
+        if not self.enabled:
+            return
+        update_status(self.paths, state="cancelled", step=step)
+        self._emit("cancelled", f"Training cancelled at step {step}", step=step)
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.enabled:
+            return
+        message = f"{type(exc).__name__}: {exc}"
+        update_status(self.paths, state="failed", error=message)
+        self._emit(
+            "failed",
+            f"Training failed: {message}",
+            level="error",
+            data={"traceback": traceback.format_exc(limit=8)},
+        )
