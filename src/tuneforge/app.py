@@ -17,7 +17,7 @@ from tuneforge.config import Settings, get_settings
 from tuneforge.datasets.endpoints import router as datasets_router
 from tuneforge.db.engine import make_engine, make_session_factory
 from tuneforge.db.migrate import ensure_migrated
-from tuneforge.db.session import SessionDep
+from tuneforge.db.session import SessionDep, session_slots
 from tuneforge.errors import ServiceUnavailable, error_responses, install_error_handler
 from tuneforge.inference.endpoints import agent_chat_router, openai_router
 from tuneforge.jobs.endpoints import router as jobs_router
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
+    app.state.session_slots = session_slots(engine)
     install_error_handler(app)
     install_dashboard_error_pages(app)
     if settings.cors_origins:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
@@ -22,6 +23,9 @@ from tuneforge.config import Settings
 from tuneforge.db.base import utcnow
 from tuneforge.db.scoping import get_owned
 from tuneforge.errors import Conflict, Unauthorized
+
+# Writing last_used_at on every call would make each read a write that row-locks the key.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,9 @@ def authenticate(session: Session, bearer: str, settings: Settings) -> Principal
         api_key = repository.get_api_key_by_hash(session, hash_api_key(bearer))
         if api_key is None:
             raise Unauthorized("API key is invalid or revoked")
-        api_key.last_used_at = utcnow()
+        now = utcnow()
+        if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
+            api_key.last_used_at = now
         user_id, organization_id = api_key.user_id, api_key.organization_id
     else:
         claims = decode_access_token(bearer, settings.signing_key())

@@ -16,7 +16,7 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_engine(url, pool_size=20, max_overflow=10, pool_pre_ping=True)
 
 
 def _configure_sqlite(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Request
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from tuneforge.config import Settings
 
@@ -15,17 +18,31 @@ def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
+def session_slots(engine: Engine) -> anyio.CapacityLimiter:
+    """As many concurrent request sessions as the pool has connections.
+
+    A session keeps its connection between the threadpool steps of a request. Without this
+    cap, more requests than connections can each hold one while every thread waits for a
+    connection, and nobody gets a thread to commit: the workers stall until the pool times out.
+    """
+    pool = engine.pool
+    size = getattr(pool, "size", lambda: 5)()
+    overflow = getattr(pool, "_max_overflow", 10)
+    return anyio.CapacityLimiter(max(1, size + max(overflow, 0)))
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """The request's unit of work: services never commit, this does (or rolls back)."""
-    session: Session = request.app.state.session_factory()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+    async with request.app.state.session_slots:
+        session: Session = request.app.state.session_factory()
+        try:
+            yield session
+            await run_in_threadpool(session.commit)
+        except BaseException:
+            await run_in_threadpool(session.rollback)
+            raise
+        finally:
+            await run_in_threadpool(session.close)
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
