@@ -497,8 +497,11 @@ async def balanced_connections(target: Target, count: int) -> list[Connection]:
             await connection.get("/health", "")
             client_port = connection.writer.get_extra_info("sockname")[1]
             owners = client_ports_per_worker(target.workers, target.port)
-            worker = next(i for i, ports in enumerate(owners) if client_port in ports)
-            (kept[worker] if len(kept[worker]) < quota else spare).append(connection)
+            worker = next((i for i, ports in enumerate(owners) if client_port in ports), None)
+            if worker is not None and len(kept[worker]) < quota:
+                kept[worker].append(connection)
+            else:
+                spare.append(connection)
     finally:
         for connection in spare:
             connection.close()
@@ -604,8 +607,8 @@ async def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=15.0, help="per endpoint")
-    parser.add_argument("--warmup", type=float, default=2.0, help="per endpoint, not counted")
+    parser.add_argument("--seconds", type=float, default=15.0, help="per phase")
+    parser.add_argument("--warmup", type=float, default=2.0, help="per phase, not counted")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--organizations", type=int, default=50)
@@ -632,7 +635,7 @@ def main() -> None:
         print(f"Seeded in {time.perf_counter() - started:.1f} s: {counts}")
         print(
             f"{args.workers} uvicorn workers, {args.clients} clients, "
-            f"{args.seconds:g} s per endpoint after {args.warmup:g} s warm-up, "
+            f"{args.seconds:g} s per phase after {args.warmup:g} s warm-up, "
             f"{psutil.cpu_count()} CPU cores shared by server, database and generator\n"
         )
         with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as data_dir:
