@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -11,11 +12,12 @@ from tests.providers.local.factories import chat_examples
 from tuneforge.providers.local.data import (
     IGNORE_INDEX,
     EncodedExample,
-    collate_rows,
     encode_chat_example,
     encode_dataset,
+    pack_examples,
     plan_micro_batches,
 )
+from tuneforge.providers.local.modeling import use_segment_attention
 
 
 @pytest.fixture(scope="module")
@@ -89,46 +91,44 @@ def test_long_examples_are_truncated_and_counted(tokenizer: PreTrainedTokenizerB
     assert dataset.examples[1].n_targets > 0
 
 
-def test_micro_batch_plan_places_every_example_once_within_budget() -> None:
+def test_micro_batch_plan_places_every_example_once_in_nearly_full_rows() -> None:
     rng = random.Random(3)
     lengths = [rng.randint(5, 300) for _ in range(200)]
     indices = list(range(0, 200, 2))
-    batches = plan_micro_batches(lengths, indices, token_budget=600)
+    rows = plan_micro_batches(lengths, indices, token_budget=600)
 
-    placed = [i for rows in batches for row in rows for i in row]
-    assert sorted(placed) == indices
-    padded = 0
-    for rows in batches:
-        width = max(lengths[row[0]] for row in rows)
-        assert all(sum(lengths[i] for i in row) <= width for row in rows)
-        assert len(rows) * width <= max(600, width)
-        padded += len(rows) * width
-    real = sum(lengths[i] for i in indices)
-    assert padded < 1.15 * real  # packing leaves little padding
+    assert sorted(i for row in rows for i in row) == indices
+    assert all(sum(lengths[i] for i in row) <= 600 for row in rows)
+    assert len(rows) <= math.ceil(sum(lengths[i] for i in indices) / 600) + 1
+    # An example longer than the budget gets a row of its own.
+    assert plan_micro_batches([700, 100, 50], [0, 1, 2], token_budget=600) == [[0], [1, 2]]
 
 
-def test_packed_rows_give_each_example_the_logits_it_has_alone(
-    tiny_model_dir: Path, tokenizer: PreTrainedTokenizerBase
+@pytest.mark.parametrize("segment_attention", [True, False], ids=["segments", "sdpa-mask"])
+def test_a_packed_example_gets_the_logits_it_has_alone(
+    tiny_model_dir: Path, tokenizer: PreTrainedTokenizerBase, segment_attention: bool
 ) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     conversations = chat_examples(6, seed=5)
     conversations[0]["messages"][0]["content"] = " ".join(["the cat sat on a mat"] * 20)
     examples = [encode_chat_example(tokenizer, e, 512) for e in conversations]
-    lengths = [e.length for e in examples]
-    batches = plan_micro_batches(lengths, list(range(6)), token_budget=2 * max(lengths))
-    assert any(len(row) > 1 for rows in batches for row in rows), "nothing was packed"
-
     with torch.no_grad():
-        for rows in batches:
-            batch = collate_rows(examples, rows)
-            packed = model(
-                input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
-            ).logits
-            for r, row in enumerate(rows):
-                offset = 0
-                for index in row:
-                    ids = torch.tensor([examples[index].input_ids])
-                    alone = model(input_ids=ids, use_cache=False).logits[0]
-                    inside = packed[r, offset : offset + lengths[index]]
-                    torch.testing.assert_close(inside, alone, atol=1e-5, rtol=1e-4)
-                    offset += lengths[index]
+        alone = [model(input_ids=torch.tensor([e.input_ids])).logits[0] for e in examples]
+        if segment_attention:
+            assert use_segment_attention(model)
+        batch = pack_examples(examples, list(range(6)))
+        packed = model(
+            input_ids=batch.input_ids,
+            position_ids=batch.position_ids,
+            use_cache=False,
+            segment_lengths=batch.segment_lengths if segment_attention else None,
+        ).logits[0]
+
+    assert model.config._attn_implementation == (
+        "tuneforge_segments" if segment_attention else "sdpa"
+    )
+    offset = 0
+    for example, expected in zip(examples, alone, strict=True):
+        inside = packed[offset : offset + example.length]
+        torch.testing.assert_close(inside, expected, atol=1e-5, rtol=1e-4)
+        offset += example.length

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
@@ -96,6 +98,15 @@ def process_gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return state in ("Z", "X")
+
+
+def holds_open(path: Path) -> bool:
+    """Whether a trainer process has ``path`` open (it is then waiting for the lock)."""
+    for process in psutil.process_iter(["cmdline"]):
+        if str(path.parent) in " ".join(process.info["cmdline"] or []):
+            with contextlib.suppress(psutil.Error):
+                return any(f.path == str(path) for f in process.open_files())
+    return False
 
 
 def test_registry_builds_the_local_provider(local_settings: Settings) -> None:
@@ -295,7 +306,8 @@ def test_a_trainer_waits_while_another_process_holds_the_job(
     with (paths.root / "trainer.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # an older trainer, still dying
         provider.create_job(job_request(provider, tmp_path, "locked", {"n_epochs": 1}))
-        time.sleep(3)
+        wait_for(lambda: holds_open(paths.root / "trainer.lock"))
+        time.sleep(1)
         assert read_status(paths)["state"] == "starting"
         assert not paths.progress.exists()
     assert wait_finished(provider, "locked").status == JobStatus.SUCCEEDED

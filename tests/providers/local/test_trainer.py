@@ -10,9 +10,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.providers.local.factories import chat_examples, metric_events, prepare_job_dir
-from tuneforge.providers.local.data import IGNORE_INDEX, collate_rows, encode_chat_example
+from tuneforge.providers.local.data import IGNORE_INDEX, encode_chat_example, pack_examples
 from tuneforge.providers.local.jobdir import checkpoint_dirs, read_events, read_status
-from tuneforge.providers.local.trainer import AssistantTokenLoss, run_training
+from tuneforge.providers.local.modeling import AssistantTokenLoss
+from tuneforge.providers.local.trainer import run_training
 
 FAST = {"lora_r": 8, "lora_alpha": 64, "learning_rate_multiplier": 10.0, "warmup_ratio": 0.0}
 
@@ -22,10 +23,10 @@ def test_assistant_token_loss_equals_the_models_own_loss(tiny_model_dir: Path) -
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear")).eval()
     example = encode_chat_example(tokenizer, chat_examples(1)[0], 512)
-    batch = collate_rows([example], [[0]])
+    batch = pack_examples([example], [0])
 
     loss_sum, correct = AssistantTokenLoss(peft_model)(
-        batch.input_ids, batch.position_ids, batch.targets
+        batch.input_ids, batch.position_ids, batch.targets, batch.segment_lengths
     )
     labels = torch.tensor([[IGNORE_INDEX, *example.targets[:-1]]])
     expected = peft_model(input_ids=batch.input_ids, labels=labels).loss

@@ -8,12 +8,11 @@ tokenized segment by segment so every token is wholly inside or outside a span, 
 prompt part is tokenized exactly as inference will tokenize it.
 
 Packing (see ``plan_micro_batches``): a step's examples are laid, longest first, into
-rows as wide as the longest example of the micro-batch, the gaps filled first-fit with
-shorter examples, and rows stacked up to a token budget. Examples share a row with
-position ids restarting at 0; transformers turns restarts into a block-diagonal causal
-mask, so no example attends to another (the tests compare logits with the example run
-alone). On CPU, dense attention cost grows with row width squared, so rows only as wide as
-the longest example beat rows of ``max_seq_length``, and they waste almost no padding.
+rows of up to ``micro_batch_tokens`` (or the longest example, if longer), first fit, so
+rows come out nearly full and no token is padding. Each row is one forward pass; its
+examples' position ids restart at 0 and attention stays within each example (see
+``modeling.py``), so a packed example sees exactly what it would see alone (the tests
+compare logits).
 """
 
 from __future__ import annotations
@@ -59,9 +58,12 @@ class EncodedDataset:
 
 @dataclass(frozen=True)
 class PackedBatch:
+    """One row of examples back to back: tensors of shape [1, tokens]."""
+
     input_ids: torch.Tensor
     position_ids: torch.Tensor
     targets: torch.Tensor
+    segment_lengths: list[int]
 
     @property
     def n_targets(self) -> int:
@@ -176,52 +178,33 @@ def _assistant_spans(
 
 def plan_micro_batches(
     lengths: Sequence[int], indices: Sequence[int], token_budget: int
-) -> list[list[list[int]]]:
-    """Micro-batches of rows of example indices; every index appears exactly once.
+) -> list[list[int]]:
+    """Rows of example indices, each at most ``token_budget`` tokens (or the longest example).
 
-    A micro-batch's row width is its longest example; it holds ``token_budget // width``
-    rows (at least one) and takes every remaining example, longest first, that fits a gap.
+    First-fit decreasing; every index appears exactly once.
     """
-    remaining = sorted(indices, key=lambda i: (-lengths[i], i))
-    batches: list[list[list[int]]] = []
-    while remaining:
-        width = lengths[remaining[0]]
-        max_rows = max(1, token_budget // width)
-        rows: list[list[int]] = []
-        free: list[int] = []
-        leftover: list[int] = []
-        for index in remaining:
-            size = lengths[index]
-            for row, space in enumerate(free):
-                if size <= space:
-                    rows[row].append(index)
-                    free[row] -= size
-                    break
-            else:
-                if len(rows) < max_rows:
-                    rows.append([index])
-                    free.append(width - size)
-                else:
-                    leftover.append(index)
-        batches.append(rows)
-        remaining = leftover
-    return batches
+    capacity = max([token_budget, *(lengths[i] for i in indices)])
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for index in sorted(indices, key=lambda i: (-lengths[i], i)):
+        size = lengths[index]
+        for row, space in enumerate(free):
+            if size <= space:
+                rows[row].append(index)
+                free[row] -= size
+                break
+        else:
+            rows.append([index])
+            free.append(capacity - size)
+    return rows
 
 
-def collate_rows(examples: Sequence[EncodedExample], rows: list[list[int]]) -> PackedBatch:
-    """Tensors for one micro-batch; padding is its own position run with no targets."""
-    width = max(sum(examples[i].length for i in row) for row in rows)
-    input_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    targets = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    for r, row in enumerate(rows):
-        offset = 0
-        for index in row:
-            example = examples[index]
-            end = offset + example.length
-            input_ids[r, offset:end] = torch.tensor(example.input_ids)
-            position_ids[r, offset:end] = torch.arange(example.length)
-            targets[r, offset:end] = torch.tensor(example.targets)
-            offset = end
-        position_ids[r, offset:] = torch.arange(width - offset)
-    return PackedBatch(input_ids, position_ids, targets)
+def pack_examples(examples: Sequence[EncodedExample], row: list[int]) -> PackedBatch:
+    """The examples of ``row`` as one packed sequence with restarting position ids."""
+    chosen = [examples[i] for i in row]
+    return PackedBatch(
+        input_ids=torch.tensor([[t for e in chosen for t in e.input_ids]]),
+        position_ids=torch.tensor([[p for e in chosen for p in range(e.length)]]),
+        targets=torch.tensor([[t for e in chosen for t in e.targets]]),
+        segment_lengths=[e.length for e in chosen],
+    )

@@ -37,14 +37,14 @@ from transformers import (
 from tuneforge.jobs.hyperparameters import resolve_hyperparameters
 from tuneforge.providers.local.checkpoints import latest_checkpoint, restore_checkpoint
 from tuneforge.providers.local.data import (
-    IGNORE_INDEX,
     EncodedExample,
-    collate_rows,
     encode_dataset,
+    pack_examples,
     plan_micro_batches,
     read_chat_jsonl,
 )
 from tuneforge.providers.local.jobdir import JobPaths, LocalHyperparameters, read_spec
+from tuneforge.providers.local.modeling import AssistantTokenLoss, use_segment_attention
 from tuneforge.providers.local.reporting import Reporter
 
 BASE_LEARNING_RATE = 2e-4  # LoRA's usual rate; the job's multiplier scales it
@@ -155,46 +155,6 @@ def shard_for_rank(lengths: list[int], indices: list[int], world_size: int, rank
     return shards[rank]
 
 
-class AssistantTokenLoss(nn.Module):
-    """Summed cross-entropy and correct-token count over target positions only.
-
-    The backbone runs on every token, the LM head only on positions with a target, which
-    saves a (tokens x vocabulary) matmul and its logits for all prompt tokens.
-    """
-
-    def __init__(self, model: PeftModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        causal_lm = self.model.get_base_model()
-        # No cache: with one, transformers skips the packed-sequence mask and rows leak.
-        hidden = causal_lm.base_model(
-            input_ids=input_ids, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
-        selected = targets != IGNORE_INDEX
-        head = causal_lm.get_output_embeddings()
-        logits = _final_logits(causal_lm.config, head(hidden[selected]))
-        labels = targets[selected]
-        loss_sum = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-        correct = (logits.detach().argmax(-1) == labels).sum()
-        return loss_sum, correct
-
-
-def _final_logits(config: Any, logits: torch.Tensor) -> torch.Tensor:
-    """The output scalings some architectures apply after the LM head in their forward."""
-    if getattr(config, "logit_scale", None):
-        logits = logits * config.logit_scale
-    if getattr(config, "logits_scaling", None):
-        logits = logits / config.logits_scaling
-    if getattr(config, "final_logit_softcapping", None):
-        cap = config.final_logit_softcapping
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
 @dataclass
 class Session:
     """The live training objects of one run."""
@@ -222,6 +182,7 @@ def build_session(paths: JobPaths, runtime: Runtime, reporter: Reporter) -> Sess
     hp = LocalHyperparameters.model_validate(spec.hyperparameters)
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model_path)
     base = AutoModelForCausalLM.from_pretrained(spec.base_model_path, dtype=torch.float32)
+    use_segment_attention(base)
     context_length = int(getattr(base.config, "max_position_embeddings", 0) or 2048)
     max_len = min(hp.max_seq_length or context_length, context_length)
     train = encode_dataset(tokenizer, read_chat_jsonl(paths.train_file), max_len)
@@ -279,8 +240,8 @@ def train_step(session: Session, step: int, stop: StopCheck) -> dict[str, float]
     micro_batches = plan_micro_batches(lengths, shard, session.micro_batch_tokens)
     totals = torch.zeros(3, device=rt.device)  # loss sum, correct tokens, stop votes
     started = time.perf_counter()
-    for number, rows in enumerate(micro_batches):
-        batch = collate_rows(examples, rows)
+    for number, row in enumerate(micro_batches):
+        batch = pack_examples(examples, row)
         last = number == len(micro_batches) - 1
         no_sync = getattr(session.loss_model, "no_sync", None)
         sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
@@ -290,6 +251,7 @@ def train_step(session: Session, step: int, stop: StopCheck) -> dict[str, float]
                     batch.input_ids.to(rt.device),
                     batch.position_ids.to(rt.device),
                     batch.targets.to(rt.device),
+                    batch.segment_lengths,
                 )
             (loss_sum * scale).backward()
         totals[0] += loss_sum.detach()
@@ -330,13 +292,14 @@ def evaluate(session: Session) -> dict[str, float]:
     totals = torch.zeros(3, device=rt.device)
     mine = list(range(rt.rank, len(examples), rt.world_size))
     lengths = [e.length for e in examples]
-    for rows in plan_micro_batches(lengths, mine, session.micro_batch_tokens):
-        batch = collate_rows(examples, rows)
+    for row in plan_micro_batches(lengths, mine, session.micro_batch_tokens):
+        batch = pack_examples(examples, row)
         with session.autocast():
             loss_sum, correct = loss_model(
                 batch.input_ids.to(rt.device),
                 batch.position_ids.to(rt.device),
                 batch.targets.to(rt.device),
+                batch.segment_lengths,
             )
         totals[0] += loss_sum.float()
         totals[1] += correct
