@@ -23,6 +23,7 @@ from tuneforge.inference.endpoints import agent_chat_router, openai_router
 from tuneforge.jobs.endpoints import router as jobs_router
 from tuneforge.models.endpoints import router as models_router
 from tuneforge.models.endpoints import stats_router
+from tuneforge.providers.endpoints import router as base_models_router
 from tuneforge.web.errors import install_dashboard_error_pages
 from tuneforge.web.routes import router as web_router
 from tuneforge.web.templating import WEB_DIR
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(agent_chat_router)
     app.include_router(datasets_router)
     app.include_router(jobs_router)
+    app.include_router(base_models_router)
     app.include_router(models_router)
     app.include_router(stats_router)
     app.include_router(web_router)

@@ -42,6 +42,22 @@ _LOCAL_MODELS: tuple[tuple[str, int, int], ...] = (("smollm2-135m-instruct", 8_1
 
 
 def list_base_models(settings: Settings) -> list[BaseModelInfo]:
+    """OpenAI's fine-tunable models, the built-in local ones, and local models registered here."""
+    from tuneforge.providers.local.store import list_store_models
+
+    builtin_names = {name for name, _, _ in _LOCAL_MODELS}
+    registered = [
+        BaseModelInfo(
+            stored.name,
+            "local",
+            stored.context_length,
+            "local",
+            parameter_count=stored.parameter_count,
+            local_path=stored.path,
+        )
+        for stored in list_store_models(settings)
+        if stored.name not in builtin_names
+    ]
     local = [
         BaseModelInfo(
             name,
@@ -53,7 +69,7 @@ def list_base_models(settings: Settings) -> list[BaseModelInfo]:
         )
         for name, context_length, parameters in _LOCAL_MODELS
     ]
-    return [*_OPENAI_MODELS, *local]
+    return [*_OPENAI_MODELS, *local, *registered]
 
 
 def find_base_model(name: str, settings: Settings) -> BaseModelInfo:
