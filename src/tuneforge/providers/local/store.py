@@ -239,6 +239,12 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         dtype=torch.float32,
         quantization_config=GgufConfig(gguf_file=str(gguf), dequantize=True),
     )
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.is_meta:
+        # SmolLM2 ties its output head to the input embeddings, so the GGUF carries no
+        # lm_head tensor; tie it explicitly or it is saved as an empty (meta) tensor.
+        model.config.tie_word_embeddings = True
+        output.weight = model.get_input_embeddings().weight
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
