@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, ValidationError
 
@@ -23,7 +23,7 @@ from tuneforge.config import Settings
 from tuneforge.errors import InvalidInput
 from tuneforge.jobs.hyperparameters import Hyperparameters
 
-TrainingState = Literal["starting", "running", "succeeded", "failed", "cancelled"]
+# The trainer's states are "starting", "running", then one of these.
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 INFO_FILE = "checkpoint.json"
 ADAPTER_DIR = "adapter"

@@ -1,10 +1,11 @@
 """LoRA fine-tuning in a plain torch loop, single-process or data-parallel under torchrun.
 
-Why not ``transformers.Trainer``: packing with per-example attention isolation, a loss
-computed only where there is something to learn (the LM head, a vocabulary-wide matmul,
-runs on assistant tokens only), resumable checkpoints whose position is just the step,
-and progress written in our own format are each a fight with it; together they make this
-loop about twice as fast on CPU (see ``benchmarks/train_throughput.py``).
+Why not ``transformers.Trainer``: packing with per-example attention, a loss computed
+only where there is something to learn (the LM head, a vocabulary-wide matmul, runs on
+assistant tokens only), checkpoints whose position is just the step, and progress in our
+own format are each a fight with it. Without padding or prompt logits this loop trains
+SmolLM2 on CPU 1.2x to 1.9x faster per CPU-second than a Trainer with 1 to 4 padded
+examples per forward, in less memory from 2 up (``benchmarks/train_throughput.py``).
 
 One optimizer step is ``batch_size`` examples, OpenAI's meaning, whatever the number of
 processes: every rank computes the same plan for the step, takes a token-balanced share,
