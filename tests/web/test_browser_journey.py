@@ -119,6 +119,7 @@ def test_full_journey(page: Page, live_app: LiveApp, tmp_path: Path) -> None:
     page.get_by_role("button", name="Create job").click()
     expect(page).to_have_url(re.compile(r"/dashboard/fine-tuning/jobs/[0-9a-f]{32}$"))
 
+    page.wait_for_function("window.Chart && Chart.getChart('loss-chart') !== undefined")
     initial_points = page.evaluate(LOSS_POINTS)
     page.wait_for_function(f"{LOSS_POINTS} > {initial_points}", timeout=60_000)
     expect(page.get_by_text("Open the model")).to_be_visible(timeout=120_000)
