@@ -161,6 +161,7 @@ def run_hf(args: argparse.Namespace, train: list[dict], work: Path) -> dict[str,
             use_cpu=True,
             seed=args.seed,
             dataloader_num_workers=0,
+            bf16=args.hf_bf16,
         ),
         train_dataset=rows,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
@@ -319,6 +320,11 @@ def main() -> None:
         default=2,
         help="examples per Trainer forward (gradient accumulation makes up --batch-size); "
         "8 padded chats of up to 1024 tokens with full-vocabulary logits exceed 24 GiB",
+    )
+    parser.add_argument(
+        "--hf-bf16",
+        action="store_true",
+        help="give the Trainer bf16 mixed precision too (ours uses it where the CPU has bf16)",
     )
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--seed", type=int, default=0)

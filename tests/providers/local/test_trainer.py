@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
@@ -93,3 +95,27 @@ def test_resume_continues_from_the_checkpoint_and_matches_an_uninterrupted_run(
         torch.testing.assert_close(final_split[name], tensor, atol=1e-6, rtol=1e-5)
     last_whole, last_split = metric_events(whole)[-1], metric_events(split)[-1]
     assert abs(last_whole["metrics"]["train_loss"] - last_split["metrics"]["train_loss"]) < 1e-5
+
+
+def test_non_finite_gradients_skip_steps_then_fail_the_run_as_diverged(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    broken = tmp_path / "broken-model"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[0, 0] = float("inf")
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(broken)
+    paths = prepare_job_dir(tmp_path / "job", broken, {**FAST, "batch_size": 4}, n_train=32)
+
+    with pytest.raises(FloatingPointError, match="diverged"):
+        run_training(paths, lambda: False)
+
+    status = read_status(paths)
+    assert status["state"] == "failed" and "non-finite gradients" in status["error"]
+    events = read_events(paths.progress, 0)[0]
+    assert [e["step"] for e in events if e["type"] == "skipped_step"] == [1, 2]
+    for event in metric_events(paths):
+        assert "train_loss" not in event["metrics"]
+        assert all(math.isfinite(value) for value in event["metrics"].values())
+    assert checkpoint_dirs(paths) == [] and not paths.adapter.exists()

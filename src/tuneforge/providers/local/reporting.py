@@ -114,6 +114,14 @@ class Reporter:
             metrics=metrics,
         )
 
+    def skipped(self, step: int) -> None:
+        self._emit(
+            "skipped_step",
+            f"Step {step} left the weights unchanged: its gradients were not finite",
+            level="warning",
+            step=step,
+        )
+
     def checkpoint(
         self,
         step: int,
