@@ -8,5 +8,4 @@ bash scripts/ensure-services.sh
 export TUNEFORGE_TEST_REQUIRE_POSTGRES="${TUNEFORGE_TEST_REQUIRE_POSTGRES:-1}"
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/ruff format --check src tests benchmarks
-# The real-SmolLM2 fine-tune (marked slow) is run on its own: `.venv/bin/pytest -m slow`.
-.venv/bin/pytest -m "not slow" "$@"
+.venv/bin/pytest "$@"
