@@ -151,7 +151,8 @@ def add_jobs(
             base_model=BASE_MODELS[provider],
             status=status,
             hyperparameters={"n_epochs": "auto", "batch_size": "auto"},
-            job_metadata={"team": rng.choice(["search", "support", "sales"])},
+            # Core inserts take column names; an attribute name such as job_metadata is dropped.
+            metadata={"team": rng.choice(["search", "support", "sales"])},
             progress_percentage=100.0 if status == S.SUCCEEDED else 50.0 if trained else 0.0,
             latest_metrics={"train_loss": losses[-1]} if trained else None,
             started_at=created + timedelta(minutes=1) if trained else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -43,6 +44,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ensure_migrated(engine)
+        # Import and startup leave ~500k long-lived objects (torch's among them); every full
+        # collection would walk them all, stalling a loaded worker ~0.4 s several times a
+        # minute. Frozen, the collector skips them until shutdown.
+        gc.freeze()
         worker = None
         if settings.embedded_worker:
             worker = WorkerThread(app.state.session_factory, settings).start()
@@ -50,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if worker is not None:
             worker.stop()
         engine.dispose()
+        gc.unfreeze()
 
     app = FastAPI(
         title="TuneForge",

@@ -1,11 +1,19 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import jwt
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import delete, event, select, update
+from sqlalchemy.orm import Session
 
 from tests.fixtures.api import Account
+from tuneforge.auth.service import LAST_USED_RESOLUTION
+from tuneforge.auth.tables import ApiKey, Membership, User
 from tuneforge.config import Settings
 
 
@@ -155,3 +163,84 @@ def test_another_organizations_api_key_cannot_be_revoked(
         client.get("/auth/me", headers={"Authorization": f"Bearer {created['key']}"}).status_code
         == 200
     )
+
+
+@contextmanager
+def statements(app: FastAPI) -> Iterator[list[str]]:
+    """The SQL statements the app's engine runs inside the block."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(app.state.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(app.state.engine, "before_cursor_execute", record)
+
+
+def api_key_for(client: TestClient, account: Account) -> str:
+    created = client.post("/auth/api-keys", json={"name": "ci"}, headers=account.headers)
+    return created.json()["key"]
+
+
+def test_each_kind_of_credential_authenticates_in_one_query(
+    app: FastAPI, client: TestClient, account: Account
+) -> None:
+    key = api_key_for(client, account)
+    client.get("/auth/me", headers={"Authorization": f"Bearer {key}"})  # writes last_used_at
+
+    for token in (account.token, key):
+        with statements(app) as seen:
+            response = client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200
+        assert len(seen) == 1, seen
+
+
+def test_api_key_last_used_at_is_written_at_most_once_a_minute(
+    client: TestClient, account: Account, db_session: Session
+) -> None:
+    key = api_key_for(client, account)
+    headers = {"Authorization": f"Bearer {key}"}
+
+    client.get("/auth/me", headers=headers)
+    first = db_session.scalars(select(ApiKey.last_used_at)).one()
+    client.get("/auth/me", headers=headers)
+    db_session.expire_all()
+    assert db_session.scalars(select(ApiKey.last_used_at)).one() == first
+
+    stale = first - LAST_USED_RESOLUTION - timedelta(seconds=1)
+    db_session.execute(update(ApiKey).values(last_used_at=stale))
+    db_session.commit()
+    client.get("/auth/me", headers=headers)
+    db_session.expire_all()
+    assert db_session.scalars(select(ApiKey.last_used_at)).one() > first
+
+
+def test_a_deactivated_user_loses_access_by_token_and_by_key(
+    client: TestClient, account: Account, db_session: Session
+) -> None:
+    key = api_key_for(client, account)
+
+    db_session.execute(update(User).where(User.id == account.user_id).values(is_active=False))
+    db_session.commit()
+
+    for token in (account.token, key):
+        response = client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 401
+        assert response.json()["detail"] == "Credentials no longer grant access"
+
+
+def test_leaving_the_organization_revokes_access_by_token_and_by_key(
+    client: TestClient, account: Account, db_session: Session
+) -> None:
+    key = api_key_for(client, account)
+
+    db_session.execute(delete(Membership).where(Membership.user_id == account.user_id))
+    db_session.commit()
+
+    for token in (account.token, key):
+        response = client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 401
+        assert response.json()["detail"] == "Credentials no longer grant access"

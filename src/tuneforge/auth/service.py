@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from tuneforge.auth import repository
 from tuneforge.auth.schemas import ApiKeyCreate, RegisterRequest
 from tuneforge.auth.security import (
+    API_KEY_PREFIX,
     TokenClaims,
     decode_access_token,
     generate_api_key,
@@ -80,24 +81,23 @@ def _issue(user_id: str, organization_id: str, settings: Settings) -> IssuedToke
 
 
 def authenticate(session: Session, bearer: str, settings: Settings) -> Principal:
-    """Resolve a bearer credential: an API key (``tf-...``) or a JWT access token."""
-    if bearer.startswith("tf-"):
-        api_key = repository.get_api_key_by_hash(session, hash_api_key(bearer))
-        if api_key is None:
+    """Resolve a bearer credential: an API key (``tf-...``) or a JWT access token.
+
+    One query either way: it runs on every API request."""
+    if bearer.startswith(API_KEY_PREFIX):
+        found = repository.get_api_key_access(session, hash_api_key(bearer))
+        if found is None:
             raise Unauthorized("API key is invalid or revoked")
+        api_key, access = found
         now = utcnow()
         if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
             api_key.last_used_at = now
-        user_id, organization_id = api_key.user_id, api_key.organization_id
     else:
         claims = decode_access_token(bearer, settings.signing_key())
-        user_id, organization_id = claims.user_id, claims.organization_id
-    user = session.get(User, user_id)
-    membership = repository.get_membership(session, user_id, organization_id)
-    organization = repository.get_organization(session, organization_id)
-    if user is None or not user.is_active or membership is None or organization is None:
+        access = repository.get_access(session, claims.user_id, claims.organization_id)
+    if access is None:
         raise Unauthorized("Credentials no longer grant access")
-    return Principal(user=user, organization=organization, role=membership.role)
+    return Principal(user=access.user, organization=access.organization, role=access.role)
 
 
 def create_api_key(

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import psycopg
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+
+# Connections older than this are replaced at checkout: one that a firewall dropped silently
+# while idle would otherwise be found only by a failing query.
+POOL_RECYCLE_SECONDS = 30 * 60
 
 
 def make_engine(url: str) -> Engine:
@@ -16,7 +24,24 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_size=20, max_overflow=10, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=20, max_overflow=10, pool_recycle=POOL_RECYCLE_SECONDS)
+    event.listen(engine, "checkout", _discard_if_closed_by_server)
+    return engine
+
+
+def _discard_if_closed_by_server(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """``pool_pre_ping`` without its round trip on every checkout.
+
+    An idle connection has nothing to read unless the server ended it (a restart, a
+    terminated backend): then its socket is readable, and the pool connects afresh.
+    """
+    try:
+        poller = select.poll()
+        poller.register(dbapi_connection.fileno(), select.POLLIN)
+    except psycopg.Error as exc:
+        raise DisconnectionError("The PostgreSQL connection is closed") from exc
+    if poller.poll(0):
+        raise DisconnectionError("PostgreSQL closed the connection")
 
 
 def _configure_sqlite(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

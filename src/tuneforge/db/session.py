@@ -14,7 +14,8 @@ from starlette.concurrency import run_in_threadpool
 from tuneforge.config import Settings
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
+    """Async so that FastAPI calls it inline instead of through the threadpool."""
     return request.app.state.settings
 
 
@@ -31,18 +32,27 @@ def session_slots(engine: Engine) -> anyio.CapacityLimiter:
     return anyio.CapacityLimiter(max(1, size + max(overflow, 0)))
 
 
+def _finish(session: Session, *, commit: bool) -> None:
+    """Commit or roll back, then release the connection: one threadpool hop, not two."""
+    try:
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
+    finally:
+        session.close()
+
+
 async def get_session(request: Request) -> AsyncIterator[Session]:
     """The request's unit of work: services never commit, this does (or rolls back)."""
     async with request.app.state.session_slots:
         session: Session = request.app.state.session_factory()
         try:
             yield session
-            await run_in_threadpool(session.commit)
         except BaseException:
-            await run_in_threadpool(session.rollback)
+            await run_in_threadpool(_finish, session, commit=False)
             raise
-        finally:
-            await run_in_threadpool(session.close)
+        await run_in_threadpool(_finish, session, commit=True)
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy.orm import Session, defer
 
 from tuneforge.datasets.tables import FineTuningDataset
 from tuneforge.db.scoping import org_scoped
@@ -35,50 +36,92 @@ class JobFilter:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def _count(session: Session, stmt: Select[Any]) -> int:
-    subquery = stmt.order_by(None).subquery()
-    return session.scalar(select(func.count()).select_from(subquery)) or 0
+def _count_of(stmt: Select[Any]) -> Select[Any]:
+    return select(func.count()).select_from(stmt.order_by(None).subquery())
+
+
+@lru_cache(maxsize=128)
+def _job_listing(
+    statuses: bool, provider: bool, dataset: bool, metadata_keys: tuple[str, ...]
+) -> tuple[Select[Any], Select[Any]]:
+    """The page and count statements for one shape of filter, its values bind parameters.
+
+    Built once per shape: building costs more CPU than running from the compiled cache.
+    The count rides on the page as an uncorrelated subquery, which the database runs once.
+    """
+    stmt = org_scoped(FineTuningJob, bindparam("organization_id"))
+    if statuses:
+        stmt = stmt.where(FineTuningJob.status.in_(bindparam("statuses", expanding=True)))
+    if provider:
+        stmt = stmt.where(FineTuningJob.provider == bindparam("provider"))
+    if dataset:
+        stmt = stmt.where(FineTuningJob.dataset_id == bindparam("dataset_id"))
+    for n, key in enumerate(metadata_keys):
+        value = bindparam(f"metadata_value_{n}")
+        stmt = stmt.where(FineTuningJob.job_metadata[key].as_string() == value)
+    page = (
+        stmt.add_columns(_count_of(stmt).scalar_subquery())
+        .order_by(FineTuningJob.created_at.desc(), FineTuningJob.id.desc())
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+    )
+    return page, _count_of(stmt)
 
 
 def list_jobs(
     session: Session, organization_id: str, job_filter: JobFilter, *, limit: int, offset: int
 ) -> tuple[list[FineTuningJob], int]:
-    """A page of jobs, newest first, and how many match in all."""
-    stmt = org_scoped(FineTuningJob, organization_id)
-    if job_filter.statuses:
-        stmt = stmt.where(FineTuningJob.status.in_(job_filter.statuses))
-    if job_filter.provider:
-        stmt = stmt.where(FineTuningJob.provider == job_filter.provider)
-    if job_filter.dataset_id:
-        stmt = stmt.where(FineTuningJob.dataset_id == job_filter.dataset_id)
-    for key, value in job_filter.metadata.items():
-        stmt = stmt.where(FineTuningJob.job_metadata[key].as_string() == value)
-    page = (
-        stmt.order_by(FineTuningJob.created_at.desc(), FineTuningJob.id.desc())
-        .limit(limit)
-        .offset(offset)
+    """A page of jobs, newest first, and how many match in all: one query, unless the page
+    is past the end and has no row to carry the count."""
+    metadata = job_filter.metadata
+    page, count = _job_listing(
+        bool(job_filter.statuses),
+        bool(job_filter.provider),
+        bool(job_filter.dataset_id),
+        tuple(metadata),
     )
-    return list(session.scalars(page)), _count(session, stmt)
+    params: dict[str, Any] = {
+        "organization_id": organization_id,
+        "statuses": list(job_filter.statuses),
+        "provider": job_filter.provider,
+        "dataset_id": job_filter.dataset_id,
+        **{f"metadata_value_{n}": value for n, value in enumerate(metadata.values())},
+    }
+    rows = session.execute(page, {**params, "limit": limit, "offset": offset}).all()
+    if rows:
+        return [job for job, _ in rows], rows[0][1]
+    return [], (session.scalar(count, params) or 0) if offset else 0
+
+
+# Built once, as every job view needs them; the ids bind as one expanding parameter.
+_DATASETS_BY_ID = (
+    org_scoped(FineTuningDataset, bindparam("organization_id"), include_deleted=True)
+    .where(FineTuningDataset.id.in_(bindparam("ids", expanding=True)))
+    .options(defer(FineTuningDataset.validation_report))
+)
+_MODEL_IDS_BY_JOB = (
+    org_scoped(FineTunedModel, bindparam("organization_id"), include_deleted=True)
+    .where(FineTunedModel.job_id.in_(bindparam("ids", expanding=True)))
+    .with_only_columns(FineTunedModel.job_id, FineTunedModel.id)
+)
 
 
 def datasets_by_id(
     session: Session, organization_id: str, dataset_ids: Sequence[str]
 ) -> dict[str, FineTuningDataset]:
-    """The jobs' datasets, soft-deleted ones included: a job keeps describing its data."""
-    stmt = org_scoped(FineTuningDataset, organization_id, include_deleted=True).where(
-        FineTuningDataset.id.in_(set(dataset_ids))
-    )
-    return {dataset.id: dataset for dataset in session.scalars(stmt)}
+    """The jobs' datasets, soft-deleted ones included: a job keeps describing its data.
+
+    Without their validation reports, which can be large and which no job view shows."""
+    params = {"organization_id": organization_id, "ids": list(set(dataset_ids))}
+    return {dataset.id: dataset for dataset in session.scalars(_DATASETS_BY_ID, params)}
 
 
 def model_ids_by_job(
     session: Session, organization_id: str, job_ids: Sequence[str]
 ) -> dict[str, str]:
     """The fine-tuned model each succeeded job created, by job id."""
-    stmt = org_scoped(FineTunedModel, organization_id, include_deleted=True).where(
-        FineTunedModel.job_id.in_(set(job_ids))
-    )
-    return {model.job_id: model.id for model in session.scalars(stmt)}
+    params = {"organization_id": organization_id, "ids": list(set(job_ids))}
+    return {job_id: model_id for job_id, model_id in session.execute(_MODEL_IDS_BY_JOB, params)}
 
 
 def list_events_newest_first(
