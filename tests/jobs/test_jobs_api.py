@@ -226,6 +226,15 @@ def test_list_pages_with_a_total(
     assert (page["total"], page["limit"], page["offset"], len(page["items"])) == (3, 2, 2, 1)
 
 
+def test_a_page_past_the_end_still_counts_and_an_empty_org_lists_nothing(
+    client: TestClient, account: Account, other_account: Account, listed_jobs: dict[str, str]
+) -> None:
+    past_end = client.get("/fine-tuning/jobs", params={"offset": 10}, headers=account.headers)
+    assert (past_end.json()["total"], past_end.json()["items"]) == (3, [])
+    empty = client.get("/fine-tuning/jobs", headers=other_account.headers).json()
+    assert (empty["total"], empty["items"]) == (0, [])
+
+
 def test_get_shows_progress_error_and_the_created_model(
     client: TestClient, account: Account, factories: Factories
 ) -> None:

@@ -115,10 +115,9 @@ def list_jobs(
         dataset_id=dataset_id,
         metadata=_metadata_filter(request),
     )
-    jobs, total = service.list_jobs(
+    items, total = service.list_jobs(
         session, principal.organization_id, job_filter, limit=limit, offset=offset
     )
-    items = service.describe_jobs(session, principal.organization_id, jobs)
     return JobPage(items=items, total=total, limit=limit, offset=offset)
 
 
@@ -129,8 +128,7 @@ def list_jobs(
     responses=error_responses(Unauthorized, NotFound),
 )
 def get_job(job_id: str, principal: PrincipalDep, session: SessionDep) -> JobOut:
-    job = service.get_job(session, principal.organization_id, job_id)
-    return service.describe_job(session, principal.organization_id, job)
+    return service.get_job_view(session, principal.organization_id, job_id)
 
 
 @router.post(

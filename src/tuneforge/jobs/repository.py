@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session, defer
@@ -36,6 +36,45 @@ class JobFilter:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+class JobView(NamedTuple):
+    """A job and what its API view reads from other tables."""
+
+    job: FineTuningJob
+    train_examples: int | None
+    model_id: str | None
+
+
+def _with_view_columns(stmt: Select[Any]) -> Select[Any]:
+    """Adds the dataset's size and the created model, joined through the job's own org."""
+    return (
+        stmt.add_columns(FineTuningDataset.train_examples, FineTunedModel.id)
+        .outerjoin(
+            FineTuningDataset,
+            (FineTuningDataset.id == FineTuningJob.dataset_id)
+            & (FineTuningDataset.organization_id == FineTuningJob.organization_id),
+        )
+        .outerjoin(
+            FineTunedModel,
+            (FineTunedModel.job_id == FineTuningJob.id)
+            & (FineTunedModel.organization_id == FineTuningJob.organization_id),
+        )
+    )
+
+
+_JOB_VIEW = _with_view_columns(
+    org_scoped(FineTuningJob, bindparam("organization_id")).where(
+        FineTuningJob.id == bindparam("job_id")
+    )
+)
+
+
+def get_job_view(session: Session, organization_id: str, job_id: str) -> JobView | None:
+    """The organization's job with its view's columns, in one query."""
+    params = {"organization_id": organization_id, "job_id": job_id}
+    row = session.execute(_JOB_VIEW, params).first()
+    return JobView(*row) if row is not None else None
+
+
 def _count_of(stmt: Select[Any]) -> Select[Any]:
     return select(func.count()).select_from(stmt.order_by(None).subquery())
 
@@ -60,7 +99,8 @@ def _job_listing(
         value = bindparam(f"metadata_value_{n}")
         stmt = stmt.where(FineTuningJob.job_metadata[key].as_string() == value)
     page = (
-        stmt.add_columns(_count_of(stmt).scalar_subquery())
+        _with_view_columns(stmt)
+        .add_columns(_count_of(stmt).scalar_subquery())
         .order_by(FineTuningJob.created_at.desc(), FineTuningJob.id.desc())
         .limit(bindparam("limit"))
         .offset(bindparam("offset"))
@@ -70,9 +110,9 @@ def _job_listing(
 
 def list_jobs(
     session: Session, organization_id: str, job_filter: JobFilter, *, limit: int, offset: int
-) -> tuple[list[FineTuningJob], int]:
-    """A page of jobs, newest first, and how many match in all: one query, unless the page
-    is past the end and has no row to carry the count."""
+) -> tuple[list[JobView], int]:
+    """A page of jobs with their views' columns, newest first, and how many match in all:
+    one query, unless the page is past the end and has no row to carry the count."""
     metadata = job_filter.metadata
     page, count = _job_listing(
         bool(job_filter.statuses),
@@ -89,7 +129,7 @@ def list_jobs(
     }
     rows = session.execute(page, {**params, "limit": limit, "offset": offset}).all()
     if rows:
-        return [job for job, _ in rows], rows[0][1]
+        return [JobView(job, n, model_id) for job, n, model_id, _ in rows], rows[0][3]
     return [], (session.scalar(count, params) or 0) if offset else 0
 
 

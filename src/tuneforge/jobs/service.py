@@ -22,7 +22,7 @@ from tuneforge.datasets.validation import ValidationReport
 from tuneforge.db.base import utcnow
 from tuneforge.db.engine import unit_of_work
 from tuneforge.db.scoping import get_owned
-from tuneforge.errors import Conflict, InvalidInput
+from tuneforge.errors import Conflict, InvalidInput, NotFound
 from tuneforge.jobs import repository
 from tuneforge.jobs.hyperparameters import (
     resolve_epochs,
@@ -151,22 +151,39 @@ def get_job(session: Session, organization_id: str, job_id: str) -> FineTuningJo
 
 def list_jobs(
     session: Session, organization_id: str, job_filter: JobFilter, *, limit: int, offset: int
-) -> tuple[list[FineTuningJob], int]:
-    return repository.list_jobs(session, organization_id, job_filter, limit=limit, offset=offset)
+) -> tuple[list[JobOut], int]:
+    """A page of jobs as the API shows them, and the total, in one query."""
+    views, total = repository.list_jobs(
+        session, organization_id, job_filter, limit=limit, offset=offset
+    )
+    return [_describe(view) for view in views], total
+
+
+def get_job_view(session: Session, organization_id: str, job_id: str) -> JobOut:
+    """A job as the API shows it, in one query."""
+    view = repository.get_job_view(session, organization_id, job_id)
+    if view is None:
+        raise NotFound(f"{JOB_LABEL} {job_id} not found")
+    return _describe(view)
+
+
+def _describe(view: repository.JobView) -> JobOut:
+    requested = shared_hyperparameters(view.job.hyperparameters or {})
+    resolved = resolve_hyperparameters(requested, view.train_examples or 0)
+    return JobOut.from_job(view.job, resolved, view.model_id)
 
 
 def describe_jobs(
     session: Session, organization_id: str, jobs: Sequence[FineTuningJob]
 ) -> list[JobOut]:
-    """Jobs as the API shows them, with two queries for all their datasets and models."""
+    """Jobs already loaded, as the API shows them: two queries for their datasets and models."""
     datasets = repository.datasets_by_id(session, organization_id, [j.dataset_id for j in jobs])
     model_ids = repository.model_ids_by_job(session, organization_id, [j.id for j in jobs])
     views = []
     for job in jobs:
-        requested = shared_hyperparameters(job.hyperparameters or {})
         dataset = datasets.get(job.dataset_id)
-        resolved = resolve_hyperparameters(requested, dataset.train_examples if dataset else 0)
-        views.append(JobOut.from_job(job, resolved, model_ids.get(job.id)))
+        train_examples = dataset.train_examples if dataset else 0
+        views.append(_describe(repository.JobView(job, train_examples, model_ids.get(job.id))))
     return views
 
 

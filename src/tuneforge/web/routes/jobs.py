@@ -42,8 +42,7 @@ def _rows_context(
     status = choice(JobStatus, status_value)
     job_filter = JobFilter(statuses=(status,) if status else (), provider=provider or None)
     org = principal.organization_id
-    jobs, total = jobs_service.list_jobs(session, org, job_filter, limit=PAGE_SIZE, offset=offset)
-    views = jobs_service.describe_jobs(session, org, jobs)
+    views, total = jobs_service.list_jobs(session, org, job_filter, limit=PAGE_SIZE, offset=offset)
     filters = {"status": status.value if status else "", "provider": provider or ""}
     return {
         "jobs": views,

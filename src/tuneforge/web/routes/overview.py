@@ -28,7 +28,7 @@ def overview(request: Request, principal: WebPrincipal, session: SessionDep) -> 
     )
     context = {
         "stats": fine_tuning_stats(session, org),
-        "jobs": jobs_service.describe_jobs(session, org, jobs),
+        "jobs": jobs,
         "deployed": deployed,
     }
     return render(request, "overview.html", context, principal=principal, section="overview")
