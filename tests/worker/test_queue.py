@@ -315,6 +315,7 @@ class InWorkerTrainer:
         self.polls = polls
         self.on_poll = on_poll
         self.seen = 0
+        self.created: set[str] = set()
 
     def list_base_models(self) -> list[BaseModelInfo]:
         return []
@@ -326,10 +327,11 @@ class InWorkerTrainer:
         return f"local-file-{idempotency_key}"
 
     def create_job(self, request: ProviderJobRequest) -> str:
+        self.created.add(request.idempotency_key)
         return f"local-run-{request.idempotency_key}"
 
     def find_job(self, idempotency_key: str) -> str | None:
-        return None
+        return f"local-run-{idempotency_key}" if idempotency_key in self.created else None
 
     def get_status(self, provider_job_id: str) -> ProviderJobStatus:
         self.seen += 1
@@ -345,6 +347,9 @@ class InWorkerTrainer:
         return []
 
     def cancel(self, provider_job_id: str) -> None:
+        return None
+
+    def abandon(self, provider_job_id: str) -> None:
         return None
 
 

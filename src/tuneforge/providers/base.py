@@ -112,3 +112,9 @@ class FineTuningProvider(Protocol):
     def list_checkpoints(self, provider_job_id: str) -> list[ProviderCheckpoint]: ...
 
     def cancel(self, provider_job_id: str) -> None: ...
+
+    def abandon(self, provider_job_id: str) -> None:
+        """Stop what this worker process runs for the job without cancelling it.
+
+        Called when another worker took the job's lease over: that one carries on.
+        """

@@ -186,6 +186,9 @@ class OpenAIProvider:
                 return
             raise
 
+    def abandon(self, provider_job_id: str) -> None:
+        """Nothing runs here: OpenAI trains the job whichever worker polls it."""
+
     def _get_client(self) -> OpenAI:
         if not self._settings.openai_api_key:
             raise ProviderError(NOT_CONFIGURED_MESSAGE, code="not_configured")

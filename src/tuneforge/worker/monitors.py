@@ -144,11 +144,14 @@ def work_on_claimed_job(
         try:
             result = runner.advance(job_id)
             while result.keep_lease and not result.finished:
-                if keeper.lost.is_set() or stop_event.wait(runner.config.in_worker_poll_seconds):
+                if keeper.lost.is_set():
+                    raise LeaseLost(f"Job {job_id} is leased by another worker now")
+                if stop_event.wait(runner.config.in_worker_poll_seconds):
                     break
                 result = runner.advance(job_id)
         except LeaseLost:
             log.warning("Worker %s lost the lease of job %s", runner.worker_id, job_id)
+            runner.abandon(job_id)
             return None
     if not result.finished:
         # Stopping mid-run hands an in-worker job to the next worker at once.

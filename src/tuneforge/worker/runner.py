@@ -130,7 +130,7 @@ class JobRunner:
         if job.status in TERMINAL_STATUSES:
             return StepResult(finished=True, next_run_after=utcnow())
         provider = self.provider_for(job.provider)
-        if job.status != S.CANCELLING and job.provider_job_id is None:
+        if job.status != S.CANCELLING and self._needs_start(job, provider):
             job = self._start(job, provider)
         if job.status == S.CANCELLING:
             job = self._cancel_at_provider(job, provider)
@@ -146,6 +146,16 @@ class JobRunner:
             )
         return self._later(self.settings.polling_interval_seconds)
 
+    def abandon(self, job_id: str) -> None:
+        """This worker lost the job's lease: stop whatever it runs for the job here."""
+        with unit_of_work(self.session_factory) as session:
+            job = session.get(FineTuningJob, job_id)
+            if job is None:
+                return
+            provider_name, provider_job_id = job.provider, job.provider_job_id
+        if provider_job_id is not None:
+            self.provider_for(provider_name).abandon(provider_job_id)
+
     def _owned(self, session: Session, job_id: str) -> FineTuningJob:
         """The job, locked; raises LeaseLost unless this worker still holds its lease."""
         job = lock_job(session, job_id)
@@ -157,6 +167,17 @@ class JobRunner:
         return StepResult(finished=False, next_run_after=utcnow() + timedelta(seconds=seconds))
 
     # Starting: files, then the provider job.
+
+    @staticmethod
+    def _needs_start(job: FineTuningJob, provider: FineTuningProvider) -> bool:
+        """No provider job yet, or one trained in a worker that no longer runs it.
+
+        A worker that died took its in-worker trainer with it; the worker that claims the
+        job next starts it again, and the provider resumes it from its last checkpoint.
+        """
+        if job.provider_job_id is None:
+            return True
+        return provider.runs_in_worker and provider.find_job(job.id) is None
 
     def _start(self, job: FineTuningJob, provider: FineTuningProvider) -> FineTuningJob:
         if job.status == S.PENDING:
@@ -189,11 +210,12 @@ class JobRunner:
             current = self._owned(session, job.id).status
             # A cancel may have arrived meanwhile; the id is kept so the cancel reaches it.
             target = S.QUEUED if current in (S.PENDING, S.VALIDATING_FILES) else None
+            verb = "Resumed" if job.provider_job_id else "Created"
             return transition_job(
                 session,
                 job.id,
                 target,
-                message=f"Created {job.provider} job {provider_job_id}",
+                message=f"{verb} {job.provider} job {provider_job_id}",
                 update=JobUpdate(provider_job_id=provider_job_id, extra={"attempts": 0}),
                 data={"provider_job_id": provider_job_id},
             )

@@ -5,7 +5,8 @@ this side starts it, signals it and reads its files. Child handles live in a
 process-wide table, not on the provider object, so any instance in the worker process
 sees them. A handle exists only in the worker process that started the child: after a
 worker restart there is none, ``find_job`` answers None for an unfinished job and the
-next ``create_job`` resumes it from its latest checkpoint. Nothing here imports torch.
+runner's next ``create_job`` resumes it from its latest checkpoint; a worker that loses
+the lease kills its trainer (``abandon``). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -117,11 +118,16 @@ class LocalProvider:
         return job_id
 
     def find_job(self, idempotency_key: str) -> str | None:
-        """Our job id while its trainer runs here or once it has finished; else None."""
+        """Our job id once this worker started its trainer or it has finished; else None.
+
+        None for an unfinished job that no trainer of this worker process runs (the
+        worker that ran it died): ``create_job`` then resumes it from its last checkpoint.
+        A trainer started here that died is not restarted: ``get_status`` reports it.
+        """
         paths = job_paths(self._settings, idempotency_key)
         with _children_lock:
             child = _children.get(idempotency_key)
-        if child is not None and child.alive:
+        if child is not None:
             return idempotency_key
         status = read_status(paths) or {}
         if status.get("state") in TERMINAL_STATES or paths.cancel_marker.exists():
@@ -209,6 +215,21 @@ class LocalProvider:
         if child is not None and child.alive:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.process.pid, signal.SIGTERM)
+
+    def abandon(self, provider_job_id: str) -> None:
+        """Kill this worker's trainer of the job (SIGKILL: a SIGTERM would write "cancelled").
+
+        Everything it writes is crash-safe, and the worker that took the job over resumes
+        it from the last checkpoint once this trainer's lock on the job directory is gone.
+        """
+        with _children_lock:
+            child = _children.pop(provider_job_id, None)
+        if child is None:
+            return
+        if child.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.process.pid, signal.SIGKILL)
+        child.process.wait()
 
     def _prepare(self, paths: JobPaths, request: ProviderJobRequest) -> None:
         """Write the job's spec and data files; the same on every (re)start."""
