@@ -12,6 +12,7 @@ from tests.fakes.openai_server import FakeOpenAI
 from tests.fixtures.api import Account
 from tests.fixtures.factories import Factories
 from tests.fixtures.files import Upload, chat, jsonl, valid_jsonl
+from tests.fixtures.tiny_model import TINY_BASE_MODEL
 from tuneforge.app import create_app
 from tuneforge.config import Settings
 from tuneforge.datasets.tables import DatasetStatus
@@ -133,7 +134,8 @@ def test_missing_openai_key_is_a_422_at_creation(
         ({"hyperparameters": {"learning_rate_multiplier": 0}}, "learning_rate_multiplier"),
         ({"hyperparameters": {"learning_rate_multiplier": 10.5}}, "learning_rate_multiplier"),
         ({"hyperparameters": {"learning_rate_multiplier": "fast"}}, "learning_rate_multiplier"),
-        ({"hyperparameters": {"warmup": 3}}, "warmup"),
+        ({"hyperparameters": {"warmup": 3}}, "hyperparameters.warmup"),
+        ({"hyperparameters": {"lora_r": 8}}, "hyperparameters.lora_r"),
         ({"suffix": "Has Spaces"}, "suffix"),
         ({"suffix": "x" * 41}, "suffix"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
@@ -146,6 +148,25 @@ def test_create_rejects_bad_fields_naming_them(
     response = post_job(client, account, factories.dataset(account.organization_id).id, **fields)
     assert response.status_code == 422, response.text
     assert named in response.json()["detail"]
+
+
+@pytest.mark.usefixtures("installed_tiny_model")
+def test_a_local_job_takes_the_local_trainers_hyperparameters(
+    client: TestClient, account: Account, dataset_id: str
+) -> None:
+    local = {"n_epochs": 2, "lora_r": 8, "max_seq_length": 256, "target_modules": ["q_proj"]}
+    job = create_job(client, account, dataset_id, model=TINY_BASE_MODEL, hyperparameters=local)
+    assert job["provider"] == "local"
+    assert job["requested_hyperparameters"] == {
+        "batch_size": "auto",
+        "learning_rate_multiplier": "auto",
+        **local,
+    }
+
+    for bad, named in (({"lora_r": 0}, "lora_r"), ({"lora_rank": 8}, "lora_rank")):
+        response = post_job(client, account, dataset_id, model=TINY_BASE_MODEL, hyperparameters=bad)
+        assert response.status_code == 422, response.text
+        assert f"hyperparameters.{named}" in response.json()["detail"]
 
 
 def test_a_failure_after_the_insert_leaves_nothing_behind(

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -321,6 +322,9 @@ class InWorkerTrainer:
         return []
 
     def ensure_configured(self) -> None:
+        return None
+
+    def check_hyperparameters(self, requested: dict[str, Any]) -> None:
         return None
 
     def upload_training_file(self, path: Path, *, idempotency_key: str) -> str:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneforge.datasets.validation import TARGET_EPOCHS, default_epochs
+from tuneforge.errors import InvalidInput
 
 AUTO = "auto"
 AUTO_BATCH_FRACTION = 0.002
@@ -36,6 +37,23 @@ class Hyperparameters(BaseModel):
     learning_rate_multiplier: LearningRateMultiplier = Field(
         default=AUTO, description='Above 0 up to 10, or "auto".'
     )
+
+
+class RequestedHyperparameters(Hyperparameters):
+    """The shared knobs, plus any a provider adds (the job's provider checks those)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def require_shared_only(provider: str, requested: dict[str, Any]) -> None:
+    """For providers that take only the shared knobs: name the first one they do not take."""
+    extra = sorted(set(requested) - set(Hyperparameters.model_fields))
+    if extra:
+        raise InvalidInput(
+            f"hyperparameters.{extra[0]}: the {provider} provider does not take it; it takes "
+            f"{', '.join(Hyperparameters.model_fields)}",
+            field=f"hyperparameters.{extra[0]}",
+        )
 
 
 class ResolvedHyperparameters(BaseModel):

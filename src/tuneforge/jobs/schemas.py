@@ -8,7 +8,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from tuneforge.agents.schemas import ProviderName
-from tuneforge.jobs.hyperparameters import EpochCount, Hyperparameters, ResolvedHyperparameters
+from tuneforge.jobs.hyperparameters import (
+    EpochCount,
+    RequestedHyperparameters,
+    ResolvedHyperparameters,
+)
 from tuneforge.jobs.tables import (
     FineTuningEvent,
     FineTuningJob,
@@ -47,7 +51,13 @@ class JobCreate(BaseModel):
         default=None,
         description="Defaults to the base model's provider in the catalog.",
     )
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    hyperparameters: RequestedHyperparameters = Field(
+        default_factory=RequestedHyperparameters,
+        description="n_epochs, batch_size and learning_rate_multiplier for every provider; "
+        "the local provider also takes lora_r, lora_alpha, lora_dropout, target_modules, "
+        "max_seq_length, warmup_ratio, eval_every_steps, checkpoint_every_steps, "
+        "micro_batch_tokens and num_processes.",
+    )
     validation_dataset_id: ObjectId | None = Field(
         default=None,
         description="A second valid dataset to validate on; without it the training "
@@ -212,7 +222,13 @@ class EstimateRequest(BaseModel):
 
     dataset_id: ObjectId
     model: ModelName
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    hyperparameters: RequestedHyperparameters = Field(
+        default_factory=RequestedHyperparameters,
+        description="n_epochs, batch_size and learning_rate_multiplier for every provider; "
+        "the local provider also takes lora_r, lora_alpha, lora_dropout, target_modules, "
+        "max_seq_length, warmup_ratio, eval_every_steps, checkpoint_every_steps, "
+        "micro_batch_tokens and num_processes.",
+    )
 
 
 class EstimateOut(BaseModel):

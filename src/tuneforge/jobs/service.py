@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import anyio
 from sqlalchemy.orm import Session, sessionmaker
@@ -77,7 +78,9 @@ def create_job(
         _require_validation_dataset(
             session, organization_id, dataset.id, request.validation_dataset_id
         )
-    provider_name = _check_model_and_provider(settings, request.model, request.provider)
+    provider_name = _check_model_and_provider(
+        settings, request.model, request.provider, request.hyperparameters.model_dump()
+    )
     job = FineTuningJob(
         organization_id=organization_id,
         created_by=user_id,
@@ -129,8 +132,11 @@ def _require_validation_dataset(
         ) from exc
 
 
-def _check_model_and_provider(settings: Settings, model: str, provider: str | None) -> str:
-    """The provider that will train ``model``; unknown, unoffered or unconfigured is a 422."""
+def _check_model_and_provider(
+    settings: Settings, model: str, provider: str | None, hyperparameters: dict[str, Any]
+) -> str:
+    """The provider that will train ``model``; unknown, unoffered, unconfigured or given
+    hyperparameters it does not take is a 422."""
     base_model = find_base_model(model, settings)
     provider_name = provider or base_model.provider
     trainer = get_provider(provider_name, settings)
@@ -141,6 +147,7 @@ def _check_model_and_provider(settings: Settings, model: str, provider: str | No
             f"it offers: {', '.join(offered) or 'nothing'}",
             field="model",
         )
+    trainer.check_hyperparameters(hyperparameters)
     trainer.ensure_configured()
     return provider_name
 
@@ -276,6 +283,9 @@ def estimate_job(
             f"context differ from {model.name}'s; validate it against {model.name} first",
             field="model",
         )
+    get_provider(model.provider, settings).check_hyperparameters(
+        request.hyperparameters.model_dump()
+    )
     n_epochs = resolve_epochs(request.hyperparameters.n_epochs, report.train_examples)
     billed_tokens = report.billed_tokens_per_epoch * n_epochs
     price = training_price_per_million(model.name, settings)

@@ -97,6 +97,9 @@ class FineTuningProvider(Protocol):
     def ensure_configured(self) -> None:
         """Raise ``tuneforge.errors.InvalidInput`` when the provider cannot take jobs here."""
 
+    def check_hyperparameters(self, requested: dict[str, Any]) -> None:
+        """Raise ``InvalidInput`` naming the field of a hyperparameter this provider refuses."""
+
     def upload_training_file(self, path: Path, *, idempotency_key: str) -> str: ...
 
     def create_job(self, request: ProviderJobRequest) -> str: ...

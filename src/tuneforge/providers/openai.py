@@ -21,6 +21,7 @@ from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 
 from tuneforge.config import Settings
 from tuneforge.errors import InvalidInput
+from tuneforge.jobs.hyperparameters import require_shared_only
 from tuneforge.jobs.tables import JobStatus
 from tuneforge.providers.base import (
     ProviderCheckpoint,
@@ -71,6 +72,9 @@ class OpenAIProvider:
 
     def list_base_models(self) -> list[BaseModelInfo]:
         return [m for m in list_base_models(self._settings) if m.provider == self.name]
+
+    def check_hyperparameters(self, requested: dict[str, Any]) -> None:
+        require_shared_only(self.name, requested)
 
     def ensure_configured(self) -> None:
         if not self._settings.openai_api_key:

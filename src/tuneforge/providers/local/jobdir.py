@@ -63,10 +63,11 @@ def parse_local_hyperparameters(raw: dict[str, Any]) -> LocalHyperparameters:
     try:
         return LocalHyperparameters.model_validate(raw)
     except ValidationError as exc:
+        fields = [".".join(["hyperparameters", *map(str, err["loc"])]) for err in exc.errors()]
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            f"{field}: {err['msg']}" for field, err in zip(fields, exc.errors(), strict=True)
         )
-        raise InvalidInput(f"hyperparameters: {problems}", field="hyperparameters") from exc
+        raise InvalidInput(problems, field=fields[0]) from exc
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,9 @@ class LocalProvider:
                 field="provider",
             )
 
+    def check_hyperparameters(self, requested: dict[str, Any]) -> None:
+        parse_local_hyperparameters(requested)
+
     def upload_training_file(self, path: Path, *, idempotency_key: str) -> str:
         """Copy the exported JSONL where the job will read it; the id is that path."""
         uploads = jobs_root(self._settings) / "files"
