@@ -18,7 +18,11 @@ from tuneforge.datasets.tables import DatasetStatus, FineTuningDataset
 from tuneforge.db.session import SessionDep, SettingsDep
 from tuneforge.errors import InvalidInput, TuneForgeError
 from tuneforge.jobs import service as jobs_service
-from tuneforge.jobs.hyperparameters import Hyperparameters, resolve_hyperparameters
+from tuneforge.jobs.hyperparameters import (
+    Hyperparameters,
+    RequestedHyperparameters,
+    resolve_hyperparameters,
+)
 from tuneforge.jobs.schemas import EstimateRequest, JobCreate
 from tuneforge.providers.catalog import find_base_model, list_base_models
 from tuneforge.providers.registry import provider_names
@@ -51,7 +55,9 @@ def _number(name: str, raw: str) -> int | float | str:
         return raw
 
 
-def _hyperparameters(values: dict[str, str]) -> tuple[Hyperparameters | None, dict[str, str]]:
+def _hyperparameters(
+    values: dict[str, str],
+) -> tuple[RequestedHyperparameters | None, dict[str, str]]:
     """Each field checked alone so every bad one gets its own message."""
     errors: dict[str, str] = {}
     parsed: dict[str, Any] = {}
@@ -62,7 +68,9 @@ def _hyperparameters(values: dict[str, str]) -> tuple[Hyperparameters | None, di
             parsed.update(candidate)
         except ValidationError:
             errors[name] = f"Use {Hyperparameters.model_fields[name].description}"
-    return (None, errors) if errors else (Hyperparameters.model_validate(parsed), errors)
+    if errors:
+        return None, errors
+    return RequestedHyperparameters.model_validate(parsed), errors
 
 
 def _job_request(values: dict[str, str]) -> tuple[JobCreate | None, dict[str, str]]:
