@@ -6,7 +6,8 @@ assistant tokens only), checkpoints whose position is just the step, and progres
 own format are each a fight with it. Without padding or prompt logits, and with bf16
 matmuls where the CPU has bf16 instructions, this loop trains SmolLM2 on a 2-core AVX512-BF16
 CPU 2.6x faster than a default Trainer with 2 padded examples per forward, in 0.7x the
-memory, to the same held-out loss (``benchmarks/train_throughput.py``).
+memory, to the same held-out loss; 1.3x a Trainer told to use bf16 too
+(``benchmarks/train_throughput.py [--hf-bf16]``).
 
 One optimizer step is ``batch_size`` examples, OpenAI's meaning, whatever the number of
 processes: every rank computes the same plan for the step, takes a token-balanced share,
