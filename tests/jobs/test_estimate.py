@@ -93,3 +93,36 @@ def test_a_local_model_estimate_uses_its_own_report_and_costs_nothing(
     assert body["provider"] == "local"
     assert body["billed_tokens"] == report["total_billed_tokens"]
     assert body["estimated_cost_usd"] is None
+
+
+@pytest.mark.usefixtures("installed_tiny_model")
+def test_hyperparameters_are_checked_by_the_models_provider(
+    client: TestClient, account: Account, upload: Upload, dataset_id: str
+) -> None:
+    local_knobs = {"n_epochs": 2, "lora_r": 8, "micro_batch_tokens": 512}
+    response = estimate(
+        client, account, dataset_id=dataset_id, model=MODEL, hyperparameters=local_knobs
+    )
+    assert response.status_code == 422
+    assert response.json()["field"] == "hyperparameters.lora_r"
+
+    examples = [chat(f"Question {i}?", f"Answer {i}.") for i in range(12)]
+    local = upload(jsonl(*examples), model="smollm2-135m-instruct").json()
+    response = estimate(
+        client,
+        account,
+        dataset_id=local["id"],
+        model=local["validation_report"]["model"],
+        hyperparameters=local_knobs,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["n_epochs"] == 2
+    response = estimate(
+        client,
+        account,
+        dataset_id=local["id"],
+        model=local["validation_report"]["model"],
+        hyperparameters={"lora_dropout": 1.5},
+    )
+    assert response.status_code == 422
+    assert response.json()["field"] == "hyperparameters.lora_dropout"

@@ -167,6 +167,17 @@ def test_a_local_job_takes_the_local_trainers_hyperparameters(
         response = post_job(client, account, dataset_id, model=TINY_BASE_MODEL, hyperparameters=bad)
         assert response.status_code == 422, response.text
         assert f"hyperparameters.{named}" in response.json()["detail"]
+        assert response.json()["field"] == f"hyperparameters.{named}"
+
+
+def test_an_openai_job_refuses_the_local_trainers_hyperparameters(
+    client: TestClient, account: Account, dataset_id: str, db_session: Session
+) -> None:
+    response = post_job(client, account, dataset_id, hyperparameters={"n_epochs": 2, "lora_r": 8})
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "hyperparameters.lora_r"
+    assert "openai provider does not take it" in response.json()["detail"]
+    assert db_session.scalar(select(func.count()).select_from(FineTuningJob)) == 0
 
 
 def test_a_failure_after_the_insert_leaves_nothing_behind(

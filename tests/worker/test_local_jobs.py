@@ -1,13 +1,18 @@
-"""Local training jobs across workers: a dead worker's job resumes, a lost lease stops training.
+"""Local training jobs across workers: a dead worker's job resumes, a stopped one is handed back.
 
-The trainer is a real child process on a tiny model. A worker that dies takes its trainer
-with it (the kernel kills the child), which leaves exactly what ``LocalProvider.abandon``
-leaves: no trainer and no handle to one. The next worker must start it again from its
-last checkpoint, with one provider job and one model.
+The trainer is a real child process on a tiny model. A ``tuneforge worker`` process killed
+with SIGKILL takes its trainer with it (the kernel kills the child) and leaves its lease to
+expire; the next worker must start the job again from its last checkpoint, with one
+provider job and one model. A worker that stops or loses the lease kills its trainer
+itself; those run on this test's main thread, so the child cannot die with a thread instead.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,12 +31,12 @@ from tuneforge.db.engine import make_engine, make_session_factory
 from tuneforge.jobs.tables import FineTuningEvent, FineTuningJob, JobMetric, JobStatus
 from tuneforge.models.tables import FineTunedModel
 from tuneforge.providers.local.jobdir import checkpoint_dirs, job_paths, read_status
-from tuneforge.providers.local.provider import LocalProvider
 from tuneforge.providers.local.store import register_local_model
 from tuneforge.worker.monitors import Worker
 from tuneforge.worker.runner import WorkerConfig
 
 Factory = sessionmaker[Session]
+TUNEFORGE = Path(sys.executable).with_name("tuneforge")
 FAST = WorkerConfig(in_worker_poll_seconds=0.05, idle_sleep_seconds=0.01)
 HYPERPARAMETERS = {
     "n_epochs": 6,
@@ -97,10 +102,8 @@ def wait_for(condition: Callable[[], bool], timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-def run_in_thread(worker: Worker, stop: threading.Event) -> threading.Thread:
-    thread = threading.Thread(target=worker.run_once, args=(stop,), daemon=True)
-    thread.start()
-    return thread
+def in_background(action: Callable[[], None]) -> None:
+    threading.Thread(target=action, daemon=True).start()
 
 
 def load(factory: Factory, job_id: str) -> FineTuningJob:
@@ -118,61 +121,122 @@ def process_gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-def test_the_next_worker_resumes_a_dead_workers_job_from_its_checkpoint(
-    session_factory: Factory, settings: Settings, local_job: str
+@pytest.fixture
+def worker_process(settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``tuneforge worker`` on the same database and data dir, with a 2 s lease."""
+    env = {
+        **os.environ,
+        "TUNEFORGE_DATABASE_URL": str(settings.database_url),
+        "TUNEFORGE_DATA_DIR": str(settings.data_dir),
+        "TUNEFORGE_WORKER_LEASE_SECONDS": "2",
+    }
+    with (tmp_path / "worker.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(TUNEFORGE), "worker"], env=env, cwd=tmp_path, stdout=log, stderr=log
+        )
+    yield process
+    process.kill()
+    process.wait(timeout=10)
+
+
+def trainer_events(factory: Factory, job_id: str) -> list[FineTuningEvent]:
+    """The events the trainer wrote, in the order it wrote them."""
+    with factory() as session:
+        events = session.scalars(
+            select(FineTuningEvent).where(
+                FineTuningEvent.job_id == job_id, FineTuningEvent.provider_event_id.is_not(None)
+            )
+        ).all()
+    return sorted(events, key=lambda e: int(e.provider_event_id or 0))
+
+
+def test_the_next_worker_resumes_a_killed_workers_job_from_its_checkpoint(
+    session_factory: Factory,
+    settings: Settings,
+    local_job: str,
+    worker_process: subprocess.Popen[bytes],
 ) -> None:
     paths = job_paths(settings, local_job)
-    stop = threading.Event()
-    first = run_in_thread(Worker(session_factory, settings, "first", FAST), stop)
     wait_for(lambda: bool(checkpoint_dirs(paths)))
-    stop.set()
-    first.join(30)
-    LocalProvider(settings).abandon(local_job)  # what the first worker's death leaves
+    trainer_pid = read_status(paths)["pid"]
+    worker_process.kill()
+    worker_process.wait()
+    wait_for(lambda: process_gone(trainer_pid), timeout=10)
+    stranded = load(session_factory, local_job)
+    assert (stranded.status, stranded.provider_job_id) == (JobStatus.RUNNING, local_job)
+    assert stranded.lease_owner is not None  # the dead worker's, until it expires
     assert read_status(paths)["state"] == "running"
 
     second = Worker(session_factory, settings, "second", FAST)
-    second.run_once()
+    wait_for(second.run_once, timeout=30)  # claims it once the dead worker's lease expires
 
     job = load(session_factory, local_job)
     assert job.status == JobStatus.SUCCEEDED, job.error_message
+    events = trainer_events(session_factory, local_job)
+    assert [e.event_type for e in events].count("started") == 1
+    [resumed] = [e for e in events if e.event_type == "resumed"]
+    assert resumed.data is not None
+    assert resumed.data["step"] >= 3 and resumed.data["step"] % 3 == 0  # a checkpoint, not 0
     with session_factory() as session:
         messages = session.scalars(
             select(FineTuningEvent.message).where(FineTuningEvent.job_id == local_job)
         ).all()
-        resumed = [m for m in messages if m.startswith("Resumed from checkpoint")]
         steps = session.scalars(
-            select(JobMetric.step).where(
-                JobMetric.job_id == local_job, JobMetric.name == "train_loss"
-            )
+            select(JobMetric.step)
+            .where(JobMetric.job_id == local_job, JobMetric.name == "train_loss")
+            .order_by(JobMetric.id)
         ).all()
         models = session.scalar(
             select(func.count()).select_from(FineTunedModel).where(FineTunedModel.job_id == job.id)
         )
+    assert f"Created local job {local_job}" in messages
     assert f"Resumed local job {local_job}" in messages
-    assert len(resumed) == 1
-    assert sorted(set(steps)) == list(range(1, TOTAL_STEPS + 1))
+    assert steps == list(range(1, TOTAL_STEPS + 1))
     assert models == 1
     assert read_status(paths)["attempt"] == 2
+    adapter_config = json.loads((paths.adapter / "adapter_config.json").read_text())
+    assert adapter_config["r"] == HYPERPARAMETERS["lora_r"]
+
+
+def test_a_worker_that_stops_mid_training_kills_its_trainer_and_hands_the_job_back(
+    session_factory: Factory, settings: Settings, local_job: str
+) -> None:
+    paths = job_paths(settings, local_job)
+    stop = threading.Event()
+
+    def stop_after_a_checkpoint() -> None:
+        wait_for(lambda: bool(checkpoint_dirs(paths)))
+        stop.set()
+
+    in_background(stop_after_a_checkpoint)
+    Worker(session_factory, settings, "stopping", FAST).run_once(stop)
+
+    assert process_gone(read_status(paths)["pid"])
+    assert read_status(paths)["state"] == "running"
+    assert not paths.cancel_marker.exists()
+    job = load(session_factory, local_job)
+    assert (job.status, job.lease_owner) == (JobStatus.RUNNING, None)
+    assert job.run_after is not None and job.run_after <= utcnow()
 
 
 def test_a_worker_that_loses_the_lease_kills_its_trainer_without_cancelling(
     session_factory: Factory, settings: Settings, local_job: str
 ) -> None:
     paths = job_paths(settings, local_job)
-    worker = run_in_thread(Worker(session_factory, settings, "slow", FAST), threading.Event())
-    wait_for(lambda: (read_status(paths) or {}).get("pid") is not None)
-    trainer_pid = read_status(paths)["pid"]
 
-    with session_factory.begin() as session:
-        session.execute(
-            update(FineTuningJob)
-            .where(FineTuningJob.id == local_job)
-            .values(lease_owner="thief", lease_expires_at=utcnow() + timedelta(minutes=1))
-        )
-    worker.join(30)
+    def steal_the_lease_once_training() -> None:
+        wait_for(lambda: (read_status(paths) or {}).get("pid") is not None)
+        with session_factory.begin() as session:
+            session.execute(
+                update(FineTuningJob)
+                .where(FineTuningJob.id == local_job)
+                .values(lease_owner="thief", lease_expires_at=utcnow() + timedelta(minutes=1))
+            )
 
-    assert not worker.is_alive()
-    wait_for(lambda: process_gone(trainer_pid), timeout=10)
+    in_background(steal_the_lease_once_training)
+    Worker(session_factory, settings, "slow", FAST).run_once()
+
+    assert process_gone(read_status(paths)["pid"])
     assert read_status(paths)["state"] != "cancelled"
     assert not paths.cancel_marker.exists()
     assert load(session_factory, local_job).lease_owner == "thief"

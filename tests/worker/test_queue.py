@@ -317,6 +317,7 @@ class InWorkerTrainer:
         self.on_poll = on_poll
         self.seen = 0
         self.created: set[str] = set()
+        self.abandoned: list[str] = []
 
     def list_base_models(self) -> list[BaseModelInfo]:
         return []
@@ -354,7 +355,7 @@ class InWorkerTrainer:
         return None
 
     def abandon(self, provider_job_id: str) -> None:
-        return None
+        self.abandoned.append(provider_job_id)
 
 
 def in_worker(
@@ -391,6 +392,7 @@ def test_in_worker_training_keeps_its_lease_alive_until_done(
 
     assert time.monotonic() - started > 3 * 0.3  # outlived its lease several times over
     assert rival_claims == [None] * 12
+    assert trainer.abandoned == []
     job = load(session_factory, job_id)
     assert job.status == JobStatus.SUCCEEDED
     assert job.heartbeat_at is not None
@@ -413,6 +415,7 @@ def test_stopping_mid_training_hands_the_job_back_at_once(
 
     job = load(session_factory, job_id)
     assert trainer.seen == 3
+    assert trainer.abandoned == [f"local-run-{job_id}"]
     assert job.status == JobStatus.RUNNING
     assert job.lease_owner is None
     assert job.run_after is not None

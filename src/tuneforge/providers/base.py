@@ -119,5 +119,6 @@ class FineTuningProvider(Protocol):
     def abandon(self, provider_job_id: str) -> None:
         """Stop what this worker process runs for the job without cancelling it.
 
-        Called when another worker took the job's lease over: that one carries on.
+        Called when another worker took the job's lease over, or when this worker stops
+        mid-run and hands the job back: the worker that has the job next carries on.
         """

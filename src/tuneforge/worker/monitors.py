@@ -154,8 +154,12 @@ def work_on_claimed_job(
             runner.abandon(job_id)
             return None
     if not result.finished:
-        # Stopping mid-run hands an in-worker job to the next worker at once.
-        run_after = utcnow() if result.keep_lease else result.next_run_after
+        # Stopping mid-run hands an in-worker job to the next worker at once, and stops its
+        # trainer here first: the next one resumes from the last checkpoint.
+        run_after = result.next_run_after
+        if result.keep_lease:
+            runner.abandon(job_id)
+            run_after = utcnow()
         with unit_of_work(session_factory) as session:
             release(session, job_id, runner.worker_id, run_after)
     return result

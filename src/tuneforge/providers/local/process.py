@@ -3,7 +3,8 @@
 The worker starts it in a new session (so cancel can signal the whole group). It dies
 with its parent: a SIGKILLed worker must not leave a trainer writing into a job that the
 next worker will resume, so each process here asks the kernel for SIGKILL when its
-parent goes (``PR_SET_PDEATHSIG``) and exits at once if the parent is already gone. With
+parent goes (``PR_SET_PDEATHSIG``; to the kernel the parent is the thread that started
+it, the worker's loop thread) and exits at once if the parent is already gone. With
 ``num_processes`` > 1 this process becomes the torchrun agent (torch's launcher, run in
 process) and the ranks it starts run this module again. SIGTERM is a cancel request: the
 loop finishes at the next micro-batch (one process) or step (several), writes

@@ -6,7 +6,7 @@ process-wide table, not on the provider object, so any instance in the worker pr
 sees them. A handle exists only in the worker process that started the child: after a
 worker restart there is none, ``find_job`` answers None for an unfinished job and the
 runner's next ``create_job`` resumes it from its latest checkpoint; a worker that loses
-the lease kills its trainer (``abandon``). Nothing here imports torch.
+the lease, or stops mid-run, kills its trainer (``abandon``). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -222,8 +222,8 @@ class LocalProvider:
     def abandon(self, provider_job_id: str) -> None:
         """Kill this worker's trainer of the job (SIGKILL: a SIGTERM would write "cancelled").
 
-        Everything it writes is crash-safe, and the worker that took the job over resumes
-        it from the last checkpoint once this trainer's lock on the job directory is gone.
+        Everything it writes is crash-safe, and the next worker on the job resumes it from
+        the last checkpoint once this trainer's lock on the job directory is gone.
         """
         with _children_lock:
             child = _children.pop(provider_job_id, None)
