@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from tuneforge.app import create_app
+from tuneforge.app import ABANDONED_UPLOAD_SECONDS, create_app
 from tuneforge.config import Settings
+from tuneforge.datasets.storage import TEMP_PREFIX
 from tuneforge.errors import ServiceUnavailable
 
 
@@ -46,3 +50,23 @@ def test_signing_key_is_generated_once_and_kept(tmp_path: Path) -> None:
     assert first == second
     assert len(first) >= 32
     assert (tmp_path / "jwt_secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_startup_deletes_uploads_a_dead_server_left_half_received(
+    app: FastAPI, settings: Settings
+) -> None:
+    uploads = settings.uploads_dir
+    uploads.mkdir(parents=True, exist_ok=True)
+    abandoned, receiving = uploads / f"{TEMP_PREFIX}old", uploads / f"{TEMP_PREFIX}new"
+    stored = uploads / "dataset.jsonl"
+    for path in (abandoned, receiving, stored):
+        path.write_bytes(b"{}\n")
+    long_ago = time.time() - ABANDONED_UPLOAD_SECONDS - 60
+    for path in (abandoned, stored):
+        os.utime(path, (long_ago, long_ago))
+
+    with TestClient(app):
+        pass
+
+    assert not abandoned.exists()
+    assert receiving.exists() and stored.exists()

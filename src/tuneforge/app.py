@@ -16,6 +16,7 @@ from tuneforge.agents.endpoints import router as agents_router
 from tuneforge.auth.endpoints import router as auth_router
 from tuneforge.config import Settings, get_settings
 from tuneforge.datasets.endpoints import router as datasets_router
+from tuneforge.datasets.storage import sweep_abandoned_uploads
 from tuneforge.db.engine import make_engine, make_session_factory
 from tuneforge.db.migrate import ensure_migrated
 from tuneforge.db.session import SessionDep, session_slots
@@ -36,6 +37,10 @@ class HealthResponse(BaseModel):
     database: str
 
 
+# An upload's temp file older than this belongs to a server that died receiving it.
+ABANDONED_UPLOAD_SECONDS = 6 * 60 * 60
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.ensure_data_dir()
@@ -44,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ensure_migrated(engine)
+        sweep_abandoned_uploads(settings.uploads_dir, ABANDONED_UPLOAD_SECONDS)
         # Import and startup leave ~500k long-lived objects (torch's among them); every full
         # collection would walk them all, stalling a loaded worker ~0.4 s several times a
         # minute. Frozen, the collector skips them until shutdown.

@@ -8,8 +8,10 @@ oversized upload is refused after at most ``limit`` bytes, or at once from its C
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +160,21 @@ class _MultipartSink:
 
     def _on_end(self) -> None:
         self.finished = True
+
+
+def sweep_abandoned_uploads(uploads_dir: Path, older_than_seconds: float) -> int:
+    """Delete temp files of uploads a killed server never finished; returns how many.
+
+    Only old ones: another server process on the same data dir may be receiving one now.
+    """
+    cutoff = time.time() - older_than_seconds
+    removed = 0
+    for path in uploads_dir.glob(f"{TEMP_PREFIX}*"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    return removed
 
 
 async def receive_upload(
