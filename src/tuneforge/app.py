@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from tuneforge.agents.endpoints import router as agents_router
+from tuneforge.auth.cache import PrincipalCache
 from tuneforge.auth.endpoints import router as auth_router
 from tuneforge.config import Settings, get_settings
 from tuneforge.datasets.endpoints import router as datasets_router
@@ -75,7 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
+    app.state.read_session_factory = make_session_factory(
+        engine.execution_options(isolation_level="AUTOCOMMIT")
+    )
     app.state.session_slots = session_slots(engine)
+    app.state.principals = PrincipalCache(settings.auth_cache_seconds)
     install_error_handler(app)
     install_dashboard_error_pages(app)
     if settings.cors_origins:

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
         default=None, description="HS256 key; generated once into data_dir when unset."
     )
     jwt_expiry_seconds: int = 60 * 60 * 24
+    auth_cache_seconds: float = Field(
+        default=5.0,
+        description="How long a process trusts a credential it checked; a revocation, "
+        "removed membership or deactivated user takes effect within this time. 0 disables.",
+    )
     upload_limit_bytes: int = 100 * 1024 * 1024
     polling_interval_seconds: float = 60.0
     cors_origins: list[str] = []

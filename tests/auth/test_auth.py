@@ -1,17 +1,21 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, event, select, update
 from sqlalchemy.orm import Session
 
-from tests.fixtures.api import Account
+from tests.fixtures.api import Account, register
+from tuneforge.app import create_app
+from tuneforge.auth.cache import credential_key
 from tuneforge.auth.service import LAST_USED_RESOLUTION
 from tuneforge.auth.tables import ApiKey, Membership, User
 from tuneforge.config import Settings
@@ -134,8 +138,10 @@ def test_api_key_is_shown_once_and_authenticates(client: TestClient, account: Ac
     assert listed[0]["last_used_at"] is not None
 
 
-def test_revoked_api_key_is_401(client: TestClient, account: Account) -> None:
+def test_revoked_api_key_is_401_at_once(client: TestClient, account: Account) -> None:
     created = client.post("/auth/api-keys", json={"name": "temp"}, headers=account.headers).json()
+    key_headers = {"Authorization": f"Bearer {created['key']}"}
+    assert client.get("/auth/me", headers=key_headers).status_code == 200  # now cached
 
     revoked = client.delete(f"/auth/api-keys/{created['id']}", headers=account.headers)
 
@@ -185,62 +191,93 @@ def api_key_for(client: TestClient, account: Account) -> str:
     return created.json()["key"]
 
 
-def test_each_kind_of_credential_authenticates_in_one_query(
+def test_each_kind_of_credential_authenticates_in_one_query_then_from_the_cache(
     app: FastAPI, client: TestClient, account: Account
 ) -> None:
     key = api_key_for(client, account)
-    client.get("/auth/me", headers={"Authorization": f"Bearer {key}"})  # writes last_used_at
+    app.state.principals.evict(credential_key(account.token))
 
     for token in (account.token, key):
-        with statements(app) as seen:
-            response = client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
-        assert response.status_code == 200
-        assert len(seen) == 1, seen
+        headers = {"Authorization": f"Bearer {token}"}
+        with statements(app) as first:
+            assert client.get("/auth/me", headers=headers).status_code == 200
+        with statements(app) as again:
+            assert client.get("/auth/me", headers=headers).status_code == 200
+        assert len([sql for sql in first if not sql.startswith("UPDATE")]) == 1, first
+        assert again == []
+
+
+@pytest.fixture
+def briefly_cached(settings: Settings) -> Iterator[TestClient]:
+    """An app that trusts a checked credential for a tenth of a second."""
+    app = create_app(settings.model_copy(update={"auth_cache_seconds": CACHE_SECONDS}))
+    with TestClient(app) as client:
+        yield client
+
+
+CACHE_SECONDS = 0.1
+
+
+def past_the_cache() -> None:
+    time.sleep(CACHE_SECONDS * 1.5)
 
 
 def test_api_key_last_used_at_is_written_at_most_once_a_minute(
-    client: TestClient, account: Account, db_session: Session
+    briefly_cached: TestClient, db_session: Session
 ) -> None:
-    key = api_key_for(client, account)
+    account = register(briefly_cached)
+    key = api_key_for(briefly_cached, account)
     headers = {"Authorization": f"Bearer {key}"}
 
-    client.get("/auth/me", headers=headers)
+    briefly_cached.get("/auth/me", headers=headers)
     first = db_session.scalars(select(ApiKey.last_used_at)).one()
-    client.get("/auth/me", headers=headers)
+    past_the_cache()
+    briefly_cached.get("/auth/me", headers=headers)
     db_session.expire_all()
     assert db_session.scalars(select(ApiKey.last_used_at)).one() == first
 
     stale = first - LAST_USED_RESOLUTION - timedelta(seconds=1)
     db_session.execute(update(ApiKey).values(last_used_at=stale))
     db_session.commit()
-    client.get("/auth/me", headers=headers)
+    past_the_cache()
+    briefly_cached.get("/auth/me", headers=headers)
     db_session.expire_all()
     assert db_session.scalars(select(ApiKey.last_used_at)).one() > first
 
 
-def test_a_deactivated_user_loses_access_by_token_and_by_key(
-    client: TestClient, account: Account, db_session: Session
+def test_a_deactivated_user_loses_access_within_the_cache_time_by_token_and_by_key(
+    briefly_cached: TestClient, db_session: Session
 ) -> None:
-    key = api_key_for(client, account)
+    account = register(briefly_cached)
+    key = api_key_for(briefly_cached, account)
+    for token in (account.token, key):  # both cached
+        response = briefly_cached.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200
 
     db_session.execute(update(User).where(User.id == account.user_id).values(is_active=False))
     db_session.commit()
+    past_the_cache()
 
     for token in (account.token, key):
-        response = client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+        response = briefly_cached.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 401
         assert response.json()["detail"] == "Credentials no longer grant access"
 
 
-def test_leaving_the_organization_revokes_access_by_token_and_by_key(
-    client: TestClient, account: Account, db_session: Session
+def test_leaving_the_organization_revokes_access_within_the_cache_time_by_token_and_by_key(
+    briefly_cached: TestClient, db_session: Session
 ) -> None:
-    key = api_key_for(client, account)
+    account = register(briefly_cached)
+    key = api_key_for(briefly_cached, account)
+    for token in (account.token, key):  # both cached
+        response = briefly_cached.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200
 
     db_session.execute(delete(Membership).where(Membership.user_id == account.user_id))
     db_session.commit()
+    past_the_cache()
 
     for token in (account.token, key):
-        response = client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+        response = briefly_cached.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 401
         assert response.json()["detail"] == "Credentials no longer grant access"

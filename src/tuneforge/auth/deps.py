@@ -4,17 +4,36 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from tuneforge.auth import service
+from tuneforge.auth.cache import PrincipalCache, credential_key
 from tuneforge.auth.service import Principal
-from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.config import Settings
+from tuneforge.db.session import SAFE_METHODS, SessionDep, SettingsDep
 from tuneforge.errors import Forbidden, Unauthorized
-from tuneforge.web.session import CSRF_HEADER, SAFE_METHODS, csrf_valid, session_token
+from tuneforge.web.session import CSRF_HEADER, csrf_valid, session_token
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT access token or an API key (tf-...)")
 
 
-def get_principal(
+async def authenticate(
+    request: Request, session: Session, settings: Settings, bearer: str
+) -> Principal:
+    """The bearer's principal: from the recently authenticated ones, else from the database.
+
+    Async, so that a cached credential costs no threadpool hop."""
+    cache: PrincipalCache = request.app.state.principals
+    key = credential_key(bearer)
+    principal = cache.get(key)
+    if principal is None:
+        principal = await run_in_threadpool(service.authenticate, session, bearer, settings)
+        cache.put(key, principal)
+    return principal
+
+
+async def get_principal(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
@@ -23,7 +42,7 @@ def get_principal(
     """The bearer header first; else the dashboard's session cookie, whose unsafe requests
     must carry the page's CSRF token so another site cannot ride on the cookie."""
     if credentials is not None and credentials.scheme.lower() == "bearer":
-        return service.authenticate(session, credentials.credentials, settings)
+        return await authenticate(request, session, settings, credentials.credentials)
     cookie = session_token(request)
     if cookie is None:
         raise Unauthorized("Missing bearer token")
@@ -31,7 +50,7 @@ def get_principal(
         request, settings, request.headers.get(CSRF_HEADER)
     ):
         raise Forbidden(f"A cookie-authenticated {request.method} needs the {CSRF_HEADER} header")
-    return service.authenticate(session, cookie, settings)
+    return await authenticate(request, session, settings, cookie)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

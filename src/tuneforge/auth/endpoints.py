@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
 from tuneforge.auth import service
 from tuneforge.auth.deps import PrincipalDep
@@ -94,5 +94,9 @@ def list_api_keys(principal: PrincipalDep, session: SessionDep) -> list[ApiKeyOu
     response_model=ApiKeyOut,
     responses=error_responses(Unauthorized, NotFound),
 )
-def revoke_api_key(api_key_id: str, principal: PrincipalDep, session: SessionDep) -> ApiKeyOut:
-    return ApiKeyOut.model_validate(service.revoke_api_key(session, principal, api_key_id))
+def revoke_api_key(
+    api_key_id: str, request: Request, principal: PrincipalDep, session: SessionDep
+) -> ApiKeyOut:
+    api_key = service.revoke_api_key(session, principal, api_key_id)
+    request.app.state.principals.evict(api_key.key_hash)
+    return ApiKeyOut.model_validate(api_key)

@@ -32,6 +32,7 @@ def verify_password(password_hash: str, password: str) -> bool:
 class TokenClaims:
     user_id: str
     organization_id: str
+    expires_at: datetime | None = None
 
 
 def issue_access_token(claims: TokenClaims, secret: str, expires_in: int) -> str:
@@ -54,7 +55,11 @@ def decode_access_token(token: str, secret: str) -> TokenClaims:
         raise Unauthorized("Access token has expired") from exc
     except jwt.InvalidTokenError as exc:
         raise Unauthorized("Access token is invalid") from exc
-    return TokenClaims(user_id=payload["sub"], organization_id=payload["org"])
+    return TokenClaims(
+        user_id=payload["sub"],
+        organization_id=payload["org"],
+        expires_at=datetime.fromtimestamp(payload["exp"], UTC),
+    )
 
 
 def generate_api_key() -> str:

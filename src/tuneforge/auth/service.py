@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
@@ -30,16 +30,46 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
-class Principal:
-    """Who is calling and on behalf of which organization."""
+class CallingUser:
+    id: str
+    email: str
+    name: str
+    created_at: datetime
 
-    user: User
-    organization: Organization
+
+@dataclass(frozen=True)
+class CallingOrganization:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling and on behalf of which organization.
+
+    Plain values, not rows: a principal outlives its request's session in the cache of
+    recently authenticated credentials."""
+
+    user: CallingUser
+    organization: CallingOrganization
     role: Role
+    expires_at: datetime | None = None  # a JWT's expiry; an API key lasts until revoked
 
     @property
     def organization_id(self) -> str:
         return self.organization.id
+
+    @classmethod
+    def of(cls, access: repository.Access, expires_at: datetime | None = None) -> Principal:
+        user, organization = access.user, access.organization
+        return cls(
+            user=CallingUser(
+                id=user.id, email=user.email, name=user.name, created_at=user.created_at
+            ),
+            organization=CallingOrganization(id=organization.id, name=organization.name),
+            role=access.role,
+            expires_at=expires_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -84,6 +114,7 @@ def authenticate(session: Session, bearer: str, settings: Settings) -> Principal
     """Resolve a bearer credential: an API key (``tf-...``) or a JWT access token.
 
     One query either way: it runs on every API request."""
+    expires_at = None
     if bearer.startswith(API_KEY_PREFIX):
         found = repository.get_api_key_access(session, hash_api_key(bearer))
         if found is None:
@@ -95,9 +126,10 @@ def authenticate(session: Session, bearer: str, settings: Settings) -> Principal
     else:
         claims = decode_access_token(bearer, settings.signing_key())
         access = repository.get_access(session, claims.user_id, claims.organization_id)
+        expires_at = claims.expires_at
     if access is None:
         raise Unauthorized("Credentials no longer grant access")
-    return Principal(user=access.user, organization=access.organization, role=access.role)
+    return Principal.of(access, expires_at)
 
 
 def create_api_key(

@@ -11,11 +11,11 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
 
-from tuneforge.auth import service
+from tuneforge.auth.deps import authenticate
 from tuneforge.auth.service import Principal
-from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.session import SAFE_METHODS, SessionDep, SettingsDep
 from tuneforge.errors import Forbidden, InvalidInput, Unauthorized
-from tuneforge.web.session import CSRF_FIELD, CSRF_HEADER, SAFE_METHODS, csrf_valid, session_token
+from tuneforge.web.session import CSRF_FIELD, CSRF_HEADER, csrf_valid, session_token
 
 M = TypeVar("M", bound=BaseModel)
 E = TypeVar("E", bound=enum.Enum)
@@ -45,13 +45,15 @@ def sign_in_url(next_url: str) -> str:
     return f"/dashboard/sign-in?next={quote(safe_next(next_url), safe='/')}"
 
 
-def get_web_principal(request: Request, session: SessionDep, settings: SettingsDep) -> Principal:
+async def get_web_principal(
+    request: Request, session: SessionDep, settings: SettingsDep
+) -> Principal:
     token = session_token(request)
     here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     if token is None:
         raise SignInRequired(here)
     try:
-        return service.authenticate(session, token, settings)
+        return await authenticate(request, session, settings, token)
     except Unauthorized as exc:
         raise SignInRequired(here) from exc
 

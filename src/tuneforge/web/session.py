@@ -23,7 +23,6 @@ SESSION_COOKIE = "tf_session"
 NONCE_COOKIE = "tf_csrf_nonce"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _CONTEXT = b"tuneforge-csrf-v1\x00"
 
 
