@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import select
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 import psycopg
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
@@ -17,14 +19,33 @@ from sqlalchemy.orm import Session, sessionmaker
 POOL_RECYCLE_SECONDS = 30 * 60
 
 
+def _load_json(document: str | bytes) -> Any:
+    """orjson: several times the stdlib's speed on the JSON columns that every job view reads.
+    The stdlib for what orjson refuses and the stdlib writes, such as NaN."""
+    try:
+        return orjson.loads(document)
+    except orjson.JSONDecodeError:
+        return json.loads(document)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            json_deserializer=_load_json,
+        )
         event.listen(engine, "connect", _configure_sqlite)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    engine = create_engine(url, pool_size=20, max_overflow=10, pool_recycle=POOL_RECYCLE_SECONDS)
+    engine = create_engine(
+        url,
+        pool_size=20,
+        max_overflow=10,
+        pool_recycle=POOL_RECYCLE_SECONDS,
+        json_deserializer=_load_json,
+    )
     event.listen(engine, "checkout", _discard_if_closed_by_server)
     return engine
 

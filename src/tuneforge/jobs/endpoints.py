@@ -1,5 +1,9 @@
 """The fine-tuning jobs API, shaped after OpenAI's ``/fine_tuning/jobs``.
 
+The list and the detail are the API's hottest reads. They are async endpoints that run
+their service in one threadpool call: FastAPI validates a sync endpoint's response in a
+second threadpool call of its own.
+
 Paging: the job list pages by ``limit``/``offset`` with a ``total`` (the dashboard shows
 page numbers); events page OpenAI's way, newest first with ``after`` = the last id seen.
 """
@@ -11,6 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from tuneforge.auth.deps import PrincipalDep
 from tuneforge.db.session import SessionDep, SettingsDep
@@ -97,7 +102,7 @@ def estimate_job(
     responses=error_responses(Unauthorized, InvalidInput),
     openapi_extra=_METADATA_FILTER_DOC,
 )
-def list_jobs(
+async def list_jobs(
     request: Request,
     principal: PrincipalDep,
     session: SessionDep,
@@ -115,8 +120,13 @@ def list_jobs(
         dataset_id=dataset_id,
         metadata=_metadata_filter(request),
     )
-    items, total = service.list_jobs(
-        session, principal.organization_id, job_filter, limit=limit, offset=offset
+    items, total = await run_in_threadpool(
+        service.list_jobs,
+        session,
+        principal.organization_id,
+        job_filter,
+        limit=limit,
+        offset=offset,
     )
     return JobPage(items=items, total=total, limit=limit, offset=offset)
 
@@ -127,8 +137,8 @@ def list_jobs(
     response_model=JobOut,
     responses=error_responses(Unauthorized, NotFound),
 )
-def get_job(job_id: str, principal: PrincipalDep, session: SessionDep) -> JobOut:
-    return service.get_job_view(session, principal.organization_id, job_id)
+async def get_job(job_id: str, principal: PrincipalDep, session: SessionDep) -> JobOut:
+    return await run_in_threadpool(service.get_job_view, session, principal.organization_id, job_id)
 
 
 @router.post(

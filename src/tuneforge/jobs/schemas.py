@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -15,11 +15,13 @@ from tuneforge.jobs.hyperparameters import (
 )
 from tuneforge.jobs.tables import (
     FineTuningEvent,
-    FineTuningJob,
     JobCheckpoint,
     JobMetric,
     JobStatus,
 )
+
+if TYPE_CHECKING:
+    from tuneforge.jobs.repository import JobView
 
 MAX_METADATA_PAIRS = 16
 
@@ -107,9 +109,7 @@ class JobOut(BaseModel):
     finished_at: datetime | None
 
     @classmethod
-    def from_job(
-        cls, job: FineTuningJob, resolved: ResolvedHyperparameters, model_id: str | None
-    ) -> JobOut:
+    def from_view(cls, job: JobView, resolved: ResolvedHyperparameters) -> JobOut:
         error = (
             JobError(code=job.error_code or "error", message=job.error_message or "")
             if job.error_code or job.error_message
@@ -130,7 +130,7 @@ class JobOut(BaseModel):
             metadata=job.job_metadata,
             provider_job_id=job.provider_job_id,
             fine_tuned_model=job.fine_tuned_model_name,
-            fine_tuned_model_id=model_id,
+            fine_tuned_model_id=job.model_id,
             progress_percentage=job.progress_percentage,
             trained_tokens=job.trained_tokens,
             estimated_finish=job.estimated_finish,

@@ -175,9 +175,9 @@ def get_job_view(session: Session, organization_id: str, job_id: str) -> JobOut:
 
 
 def _describe(view: repository.JobView) -> JobOut:
-    requested = shared_hyperparameters(view.job.hyperparameters or {})
+    requested = shared_hyperparameters(view.hyperparameters or {})
     resolved = resolve_hyperparameters(requested, view.train_examples or 0)
-    return JobOut.from_job(view.job, resolved, view.model_id)
+    return JobOut.from_view(view, resolved)
 
 
 def describe_jobs(
@@ -190,7 +190,7 @@ def describe_jobs(
     for job in jobs:
         dataset = datasets.get(job.dataset_id)
         train_examples = dataset.train_examples if dataset else 0
-        views.append(_describe(repository.JobView(job, train_examples, model_ids.get(job.id))))
+        views.append(_describe(repository.JobView.of(job, train_examples, model_ids.get(job.id))))
     return views
 
 
