@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 import anyio
@@ -10,6 +11,7 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State
 
 from tuneforge.config import Settings
 
@@ -45,18 +47,21 @@ def _finish(session: Session, *, commit: bool) -> None:
         session.close()
 
 
-def _has_pending_writes(session: Session) -> bool:
-    return bool(session.new or session.dirty or session.deleted)
+def _ends_without_io(session: Session, *, autocommit: bool) -> bool:
+    """Whether closing is all there is to do: nothing to flush, and no database transaction
+    to commit (an autocommit session never has one; an unused session has none yet)."""
+    if session.new or session.dirty or session.deleted:
+        return False
+    return autocommit or not session.in_transaction()
 
 
-async def get_session(request: Request) -> AsyncIterator[Session]:
-    """The request's unit of work: services never commit, this does (or rolls back).
+@asynccontextmanager
+async def request_unit_of_work(state: State, *, read_only: bool) -> AsyncIterator[Session]:
+    """A request's unit of work on the app's pool: commit on success, roll back on error.
 
-    A safe method's session is in autocommit: under READ COMMITTED each statement sees its
-    own snapshot anyway, so BEGIN and COMMIT would only add two round trips. Such a session
-    holds no transaction at the end, and closes without I/O unless it has changes to flush."""
-    state = request.app.state
-    read_only = request.method in SAFE_METHODS
+    A read-only one is in autocommit: under READ COMMITTED each statement sees its own
+    snapshot anyway, so BEGIN and COMMIT would only add two round trips. A session that ends
+    without I/O is closed on the event loop, saving a threadpool hop."""
     async with state.session_slots:
         factory = state.read_session_factory if read_only else state.session_factory
         session: Session = factory()
@@ -65,10 +70,18 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         except BaseException:
             await run_in_threadpool(_finish, session, commit=False)
             raise
-        if read_only and not _has_pending_writes(session):
+        if _ends_without_io(session, autocommit=read_only):
             session.close()
         else:
             await run_in_threadpool(_finish, session, commit=True)
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """The request's session: services never commit, this does (or rolls back). Safe
+    methods get a read-only one."""
+    read_only = request.method in SAFE_METHODS
+    async with request_unit_of_work(request.app.state, read_only=read_only) as session:
+        yield session
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -21,7 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from tuneforge.auth.deps import get_principal
 from tuneforge.auth.service import Principal
 from tuneforge.config import Settings
-from tuneforge.db.engine import unit_of_work
+from tuneforge.db.session import request_unit_of_work
 from tuneforge.errors import (
     Conflict,
     Forbidden,
@@ -79,14 +79,14 @@ def get_runtime(request: Request) -> InferenceRuntime:
     return runtime
 
 
-def get_principal_briefly(
+async def get_principal_briefly(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """``PrincipalDep``'s checks, in a transaction committed before any generation starts."""
     state = request.app.state
-    with unit_of_work(state.session_factory) as session:
-        return get_principal(
+    async with request_unit_of_work(state, read_only=False) as session:
+        return await get_principal(
             request=request, session=session, settings=state.settings, credentials=credentials
         )
 
