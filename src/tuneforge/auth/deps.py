@@ -11,7 +11,7 @@ from tuneforge.auth import service
 from tuneforge.auth.cache import PrincipalCache, credential_key
 from tuneforge.auth.service import Principal
 from tuneforge.config import Settings
-from tuneforge.db.session import SAFE_METHODS, SessionDep, SettingsDep
+from tuneforge.db.session import SAFE_METHODS, SessionDep, SettingsDep, request_unit_of_work
 from tuneforge.errors import Forbidden, Unauthorized
 from tuneforge.web.session import CSRF_HEADER, csrf_valid, session_token
 
@@ -54,3 +54,20 @@ async def get_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_principal_briefly(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """``PrincipalDep``'s checks in a unit of work of their own, ended before the endpoint
+    runs: for endpoints whose long work (a streamed upload, a generation) must hold neither
+    a session slot nor the row lock of an API key's ``last_used_at`` write."""
+    state = request.app.state
+    async with request_unit_of_work(state, read_only=False) as session:
+        return await get_principal(
+            request=request, session=session, settings=state.settings, credentials=credentials
+        )
+
+
+BriefPrincipalDep = Annotated[Principal, Depends(get_principal_briefly)]

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from tuneforge.auth.deps import PrincipalDep
+from tuneforge.auth.deps import BriefPrincipalDep, PrincipalDep
 from tuneforge.datasets import importers, service, storage
 from tuneforge.datasets.schemas import (
     DatasetOut,
@@ -26,7 +26,7 @@ from tuneforge.datasets.schemas import (
     ValidateRequest,
 )
 from tuneforge.datasets.tables import DatasetFormat, DatasetStatus, ExampleSplit
-from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.session import SessionDep, SettingsDep, request_unit_of_work
 from tuneforge.errors import (
     InvalidInput,
     NotFound,
@@ -57,17 +57,19 @@ Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
     openapi_extra=DatasetUploadForm.openapi_body(),
 )
 async def upload_dataset(
-    request: Request, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+    request: Request, principal: BriefPrincipalDep, settings: SettingsDep
 ) -> DatasetOut:
+    """The body streams in before a session is taken: a slow upload holds no session slot."""
     limit = settings.upload_limit_bytes
     storage.check_content_length(request.headers.get("content-length"), limit)
     upload = await storage.receive_upload(
         request.headers.get("content-type"), request.stream(), settings.uploads_dir, limit
     )
-    dataset = await run_in_threadpool(
-        service.create_from_upload, session, principal, upload, settings
-    )
-    return DatasetOut.model_validate(dataset)
+    async with request_unit_of_work(request.app.state, read_only=False) as session:
+        dataset = await run_in_threadpool(
+            service.create_from_upload, session, principal, upload, settings
+        )
+        return DatasetOut.model_validate(dataset)
 
 
 @router.get(

@@ -41,7 +41,7 @@ def make_engine(url: str) -> Engine:
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     engine = create_engine(
         url,
-        pool_size=20,
+        pool_size=10,
         max_overflow=10,
         pool_recycle=POOL_RECYCLE_SECONDS,
         json_deserializer=_load_json,

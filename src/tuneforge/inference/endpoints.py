@@ -1,9 +1,8 @@
 """HTTP surface for inference: agent chat and the OpenAI-compatible ``/v1`` API.
 
-These endpoints authenticate in a transaction of their own instead of the request's
-session: API-key authentication writes ``last_used_at``, and holding that row lock (or
-SQLite's write lock) through a generation of several seconds would stall every other
-request made with the same key. The checks themselves are ``PrincipalDep``'s.
+These endpoints authenticate with ``BriefPrincipalDep``, in a transaction of their own: a
+generation takes seconds, and must hold neither a session slot nor the row lock of an API
+key's ``last_used_at`` write.
 """
 
 from __future__ import annotations
@@ -16,12 +15,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from tuneforge.auth.deps import get_principal
-from tuneforge.auth.service import Principal
+from tuneforge.auth.deps import BriefPrincipalDep
 from tuneforge.config import Settings
-from tuneforge.db.session import request_unit_of_work
 from tuneforge.errors import (
     Conflict,
     Forbidden,
@@ -44,7 +40,6 @@ from tuneforge.inference.schemas import (
 )
 from tuneforge.providers.local.inference import InferenceEngine
 
-_bearer = HTTPBearer(auto_error=False, description="A JWT access token or an API key (tf-...)")
 _runtime_lock = threading.Lock()
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -79,20 +74,7 @@ def get_runtime(request: Request) -> InferenceRuntime:
     return runtime
 
 
-async def get_principal_briefly(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    """``PrincipalDep``'s checks, in a transaction committed before any generation starts."""
-    state = request.app.state
-    async with request_unit_of_work(state, read_only=False) as session:
-        return await get_principal(
-            request=request, session=session, settings=state.settings, credentials=credentials
-        )
-
-
 RuntimeDep = Annotated[InferenceRuntime, Depends(get_runtime)]
-CallerDep = Annotated[Principal, Depends(get_principal_briefly)]
 
 
 def _event_stream(events: AsyncIterator[str]) -> StreamingResponse:
@@ -117,7 +99,7 @@ agent_chat_router = APIRouter(tags=["agents"])
     responses=SSE_RESPONSE | GENERATION_ERRORS,
 )
 def chat_with_agent(
-    agent_id: str, body: AgentChatRequest, caller: CallerDep, runtime: RuntimeDep
+    agent_id: str, body: AgentChatRequest, caller: BriefPrincipalDep, runtime: RuntimeDep
 ) -> AgentChatResponse | StreamingResponse:
     if body.stream:
         events = service.stream_agent_chat(runtime, caller.organization_id, agent_id, body)
@@ -179,7 +161,7 @@ openai_router = APIRouter(prefix="/v1", tags=["openai-compatible"], route_class=
     | _openai_error_responses(NotFound, InvalidInput, Unauthorized, ServiceUnavailable),
 )
 def create_chat_completion(
-    body: ChatCompletionRequest, caller: CallerDep, runtime: RuntimeDep
+    body: ChatCompletionRequest, caller: BriefPrincipalDep, runtime: RuntimeDep
 ) -> ChatCompletion | StreamingResponse:
     if body.stream:
         events = service.stream_chat_completion(runtime, caller.organization_id, body)
@@ -193,5 +175,5 @@ def create_chat_completion(
     response_model=ModelList,
     responses=_openai_error_responses(Unauthorized),
 )
-def list_models(caller: CallerDep, runtime: RuntimeDep) -> ModelList:
+def list_models(caller: BriefPrincipalDep, runtime: RuntimeDep) -> ModelList:
     return service.list_models(runtime, caller.organization_id)
