@@ -17,6 +17,11 @@ CPU per request, which contention on a shared machine disturbs least. The goal (
 50 ms, no errors) is printed as PASS/FAIL, never asserted; by Little's law a closed loop of
 C clients has a mean latency of C / throughput, so it needs 1,000 req/s at 50 clients.
 
+``--rate R ...`` adds paced phases: the same clients offer R requests per second in all,
+each request due on a schedule and timed from when it was due, so a queue shows as latency
+(no coordinated omission). They tell the latency at a given load, which a closed loop at
+saturation cannot; the goal's verdict stays on the closed loop.
+
 The clients speak HTTP/1.1 over plain asyncio streams rather than httpx, since they share
 the cores with the server; the generator's CPU is printed and flagged near one core (its
 loop is one thread). Clients are spread evenly over the workers, as the kernel's split is
@@ -25,6 +30,7 @@ end, so a pool that churns connections (also printed) makes it an underestimate.
 
     python benchmarks/api_load.py                      # 15 s per phase
     python benchmarks/api_load.py --auth jwt --seconds 5
+    python benchmarks/api_load.py --rate 400 800        # plus paced phases
 """
 
 from __future__ import annotations
@@ -355,11 +361,16 @@ class Phase:
     name: str
     path_for: Callable[[int, random.Random], str]
     tokens: list[str]
+    rate: float | None = None  # offered req/s in all; None: a closed loop
+
+    def paced(self, rate: float) -> Phase:
+        return Phase(f"{self.name} @{rate:g}/s", self.path_for, self.tokens, rate)
 
 
 @dataclass
 class PhaseResult:
     name: str
+    rate: float | None = None
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
@@ -389,10 +400,20 @@ class Client:
         self.port = port
         self.rng = random.Random(seed)
 
-    async def run(self, phase: Phase, until: float, out: PhaseResult) -> None:
+    async def run(
+        self, phase: Phase, until: float, out: PhaseResult, interval: float | None
+    ) -> None:
+        """Closed loop; or paced, one request due every ``interval`` seconds, its latency
+        counted from when it was due: a server that falls behind cannot hide its queue
+        (no coordinated omission)."""
+        due = time.perf_counter() + self.rng.uniform(0, interval or 0)
         while time.monotonic() < until:
             org = self.rng.randrange(len(phase.tokens))
-            started = time.perf_counter()
+            if interval is None:
+                started = time.perf_counter()
+            else:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                started, due = due, due + interval
             try:
                 self.connection = self.connection or await Connection.open(self.port)
                 status = await self.connection.get(phase.path_for(org, self.rng), phase.tokens[org])
@@ -517,16 +538,18 @@ async def run_phase(phase: Phase, target: Target, args: argparse.Namespace) -> P
     ``args.seconds`` on the same connections."""
     connections = await balanced_connections(target, args.clients)
     clients = [Client(c, target.port, f"{phase.name}-{i}") for i, c in enumerate(connections)]
+    interval = len(clients) / phase.rate if phase.rate else None
     try:
         until = time.monotonic() + args.warmup
-        await asyncio.gather(*(c.run(phase, until, PhaseResult(phase.name)) for c in clients))
-        result = PhaseResult(phase.name)
+        warmup = PhaseResult(phase.name)
+        await asyncio.gather(*(c.run(phase, until, warmup, interval) for c in clients))
+        result = PhaseResult(phase.name, phase.rate)
         result.connections_per_worker = connections_per_worker(target.workers, target.port)
         meter = CpuMeter(target.server, target.database)
         sessions = database_sessions(target.admin_dsn, target.database)
         started = time.monotonic()
         until = started + args.seconds
-        await asyncio.gather(*(c.run(phase, until, result) for c in clients))
+        await asyncio.gather(*(c.run(phase, until, result, interval) for c in clients))
         result.seconds = time.monotonic() - started
         result.cpu_seconds = meter.used()
         result.new_db_connections = database_sessions(target.admin_dsn, target.database) - sessions
@@ -539,7 +562,7 @@ async def run_phase(phase: Phase, target: Target, args: argparse.Namespace) -> P
 def report(results: list[PhaseResult], clients: int) -> None:
     baseline = results[0]
     header = (
-        f"{'endpoint':<38} {'requests':>8} {'req/s':>6} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'endpoint':<46} {'requests':>8} {'req/s':>6} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'errors':>6} {'p99/health':>10} {'req/s/health':>12} {'app CPU ms/req':>14} "
         f"{'db CPU ms/req':>13}"
     )
@@ -547,7 +570,7 @@ def report(results: list[PhaseResult], clients: int) -> None:
     print("-" * len(header))
     for r in results:
         print(
-            f"{r.name:<38} {len(r.latencies_ms):>8,} {r.throughput:>6.0f} "
+            f"{r.name:<46} {len(r.latencies_ms):>8,} {r.throughput:>6.0f} "
             f"{r.percentile(0.50):>7.1f} {r.percentile(0.99):>7.1f} "
             f"{sum(r.errors.values()):>6} {r.percentile(0.99) / baseline.percentile(0.99):>10.2f} "
             f"{r.throughput / baseline.throughput:>12.2f} {r.cpu_ms_per_request('uvicorn'):>14.2f} "
@@ -582,9 +605,18 @@ def report(results: list[PhaseResult], clients: int) -> None:
         f"(a closed loop needs {clients / GOAL_P99_MS * 1000:,.0f}+ req/s for that)"
     )
     for r in results[1:]:
-        p99 = r.percentile(0.99)
-        verdict = "PASS" if p99 < GOAL_P99_MS and not r.errors else "FAIL"
-        print(f"  {r.name:<38} p99 {p99:.1f} ms, {sum(r.errors.values())} errors: {verdict}")
+        if r.rate is None:
+            p99 = r.percentile(0.99)
+            verdict = "PASS" if p99 < GOAL_P99_MS and not r.errors else "FAIL"
+            print(f"  {r.name:<46} p99 {p99:.1f} ms, {sum(r.errors.values())} errors: {verdict}")
+    paced = [r for r in results if r.rate is not None]
+    if paced:
+        print("Paced phases (an offered load, not the goal's closed loop):")
+    for r in paced:
+        print(
+            f"  {r.name:<46} p99 {r.percentile(0.99):.1f} ms at {r.throughput:.0f} of "
+            f"{r.rate:g} req/s offered, {sum(r.errors.values())} errors"
+        )
 
 
 async def measure(
@@ -603,6 +635,7 @@ async def measure(
                 tokens,
             ),
         ]
+    phases += [phase.paced(rate) for rate in args.rate for phase in phases[1:]]
     return [await run_phase(phase, target, args) for phase in phases]
 
 
@@ -611,6 +644,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="per phase")
     parser.add_argument("--warmup", type=float, default=2.0, help="per phase, not counted")
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also run each endpoint paced at these offered req/s (all clients together)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--organizations", type=int, default=50)
     parser.add_argument("--jobs-per-org", type=int, default=200)

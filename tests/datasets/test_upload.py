@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -312,3 +313,34 @@ def test_upload_path_is_under_uploads_dir(
     dataset = db_session.get(FineTuningDataset, response.json()["id"])
     assert dataset is not None and dataset.file_path is not None
     assert Path(dataset.file_path).parent == settings.uploads_dir
+
+
+def test_slow_uploads_do_not_hold_back_other_requests(
+    live_server: str, app: FastAPI, account: Account
+) -> None:
+    """More stalled uploads than the app has request sessions: other requests still run."""
+    host, port = live_server.removeprefix("http://").split(":")
+    stalled = []
+    try:
+        for _ in range(app.state.session_slots.total_tokens + 2):
+            conn = socket.create_connection((host, int(port)), timeout=10)
+            conn.sendall(
+                (
+                    "POST /fine-tuning/datasets HTTP/1.1\r\n"
+                    f"Host: {host}\r\n"
+                    f"Authorization: {account.headers['Authorization']}\r\n"
+                    "Content-Type: multipart/form-data; boundary=x\r\n"
+                    "Content-Length: 100000\r\n\r\n"
+                    '--x\r\nContent-Disposition: form-data; name="name"\r\n\r\nslow\r\n'
+                ).encode()
+            )
+            stalled.append(conn)
+
+        response = httpx.get(
+            f"{live_server}/fine-tuning/datasets", headers=account.headers, timeout=10
+        )
+
+        assert response.status_code == 200
+    finally:
+        for conn in stalled:
+            conn.close()
