@@ -225,3 +225,29 @@ def test_missing_adapter_is_reported(
     source = ModelSource("ft", base.base_path, tmp_path / "no-adapter")
     with pytest.raises(ModelUnavailable, match="adapter files are missing"):
         engine.complete(source, MESSAGES, GREEDY)
+
+
+def test_concurrent_loads_of_different_models_leave_weight_tying_intact(
+    base: ModelSource, eos_model: ModelSource
+) -> None:
+    """transformers swaps ``PreTrainedModel.tie_weights`` for a no-op while it loads; two
+    overlapping loads could leave the no-op in place, and every tied model (SmolLM2) loaded
+    afterwards had an uninitialised output head."""
+    from transformers import PreTrainedModel
+
+    def load_together(source: ModelSource, start: threading.Barrier) -> None:
+        start.wait()
+        load_model(source)
+
+    original = PreTrainedModel.tie_weights
+    for _ in range(5):
+        start = threading.Barrier(2)
+        threads = [
+            threading.Thread(target=load_together, args=(source, start))
+            for source in (base, eos_model)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert PreTrainedModel.tie_weights is original

@@ -38,6 +38,12 @@ from tuneforge.providers.local.generation import (
 
 logger = logging.getLogger(__name__)
 
+# transformers' from_pretrained is not thread-safe: it patches class attributes such as
+# PreTrainedModel.tie_weights (and torch's default dtype) for the duration of a load, and
+# two overlapping loads can leave the patch in place for good, after which tied output
+# layers (SmolLM2's) load untied and uninitialised. One load at a time, process-wide.
+_LOAD_LOCK = threading.Lock()
+
 
 class ModelUnavailable(ServiceUnavailable):
     """The model exists but cannot be served here: files missing, unreadable or incomplete."""
@@ -98,11 +104,12 @@ def load_model(source: ModelSource) -> LoadedModel:
     device = inference_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            source.base_path, dtype=dtype, local_files_only=True
-        )
-        if source.adapter_path is not None:
-            model = PeftModel.from_pretrained(model, source.adapter_path).merge_and_unload()
+        with _LOAD_LOCK:
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                source.base_path, dtype=dtype, local_files_only=True
+            )
+            if source.adapter_path is not None:
+                model = PeftModel.from_pretrained(model, source.adapter_path).merge_and_unload()
         tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(source), local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelUnavailable(f"Model {source.label} could not be loaded: {exc}") from exc
