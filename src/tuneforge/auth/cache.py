@@ -57,14 +57,10 @@ class PrincipalCache:
             expires_at = min(expires_at, now + left)
         with self._lock:
             if len(self._entries) >= self.max_entries:
-                self._drop_expired_or_oldest(now)
+                # Insertion order is expiry order, give or take a JWT that ends sooner.
+                del self._entries[next(iter(self._entries))]
             self._entries[key] = _Entry(principal, expires_at)
 
     def evict(self, key: str) -> None:
         with self._lock:
             self._entries.pop(key, None)
-
-    def _drop_expired_or_oldest(self, now: float) -> None:
-        expired = [key for key, entry in self._entries.items() if entry.expires_at <= now]
-        for key in expired or [next(iter(self._entries))]:
-            del self._entries[key]

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, BackgroundTasks, Request, status
 
 from tuneforge.auth import service
 from tuneforge.auth.deps import PrincipalDep
@@ -95,8 +95,16 @@ def list_api_keys(principal: PrincipalDep, session: SessionDep) -> list[ApiKeyOu
     responses=error_responses(Unauthorized, NotFound),
 )
 def revoke_api_key(
-    api_key_id: str, request: Request, principal: PrincipalDep, session: SessionDep
+    api_key_id: str,
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    after_commit: BackgroundTasks,
 ) -> ApiKeyOut:
+    """Evicts the key from this process's credential cache now, and again once the
+    revocation is committed: a request in between would have cached it afresh."""
     api_key = service.revoke_api_key(session, principal, api_key_id)
-    request.app.state.principals.evict(api_key.key_hash)
+    principals = request.app.state.principals
+    principals.evict(api_key.key_hash)
+    after_commit.add_task(principals.evict, api_key.key_hash)
     return ApiKeyOut.model_validate(api_key)
