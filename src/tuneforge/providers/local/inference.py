@@ -35,14 +35,9 @@ from tuneforge.providers.local.generation import (
     SamplingParams,
     generate_reply,
 )
+from tuneforge.providers.local.store import MODEL_LOAD_LOCK
 
 logger = logging.getLogger(__name__)
-
-# transformers' from_pretrained is not thread-safe: it patches class attributes such as
-# PreTrainedModel.tie_weights (and torch's default dtype) for the duration of a load, and
-# two overlapping loads can leave the patch in place for good, after which tied output
-# layers (SmolLM2's) load untied and uninitialised. One load at a time, process-wide.
-_LOAD_LOCK = threading.Lock()
 
 
 class ModelUnavailable(ServiceUnavailable):
@@ -104,7 +99,7 @@ def load_model(source: ModelSource) -> LoadedModel:
     device = inference_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
-        with _LOAD_LOCK:
+        with MODEL_LOAD_LOCK:
             model: Any = AutoModelForCausalLM.from_pretrained(
                 source.base_path, dtype=dtype, local_files_only=True
             )

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,12 @@ from typing import Any
 
 from tuneforge.config import Settings
 from tuneforge.errors import Conflict, InvalidInput, NotFound
+
+# transformers' from_pretrained is not thread-safe: for the duration of a load it swaps class
+# attributes such as PreTrainedModel.tie_weights, and two overlapping loads can leave the swap
+# in place for good, after which tied output heads (SmolLM2's) load uninitialised. Every load
+# of model weights in this process takes this lock.
+MODEL_LOAD_LOCK = threading.Lock()
 
 MARKER_FILE = ".tuneforge-model.json"
 REGISTRY_FILE = "registry.json"
@@ -233,12 +240,13 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     # dequantize=True yields a plain dense model that save_pretrained can write.
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent,
-        gguf_file=gguf.name,
-        dtype=torch.float32,
-        quantization_config=GgufConfig(gguf_file=str(gguf), dequantize=True),
-    )
+    with MODEL_LOAD_LOCK:
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent,
+            gguf_file=gguf.name,
+            dtype=torch.float32,
+            quantization_config=GgufConfig(gguf_file=str(gguf), dequantize=True),
+        )
     output = model.get_output_embeddings()
     if output is not None and output.weight.is_meta:
         # SmolLM2 ties its output head to the input embeddings, so the GGUF carries no
