@@ -277,7 +277,7 @@ def tiny_model(target: Path) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from tuneforge.config import get_settings
-    from tuneforge.providers.local.store import DEFAULT_MODEL, find_model_dir, pull_command
+    from tuneforge.store.base_models import DEFAULT_MODEL, find_model_dir, pull_command
 
     source = find_model_dir(get_settings(), DEFAULT_MODEL)
     if source is None:
@@ -339,7 +339,7 @@ def main() -> None:
             args.model_dir = tiny_model(Path(tmp) / "tiny")
         elif args.model_dir is None:
             from tuneforge.config import get_settings
-            from tuneforge.providers.local.store import DEFAULT_MODEL, find_model_dir
+            from tuneforge.store.base_models import DEFAULT_MODEL, find_model_dir
 
             args.model_dir = find_model_dir(get_settings(), DEFAULT_MODEL)
             if args.model_dir is None:

@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fixtures.files import valid_jsonl
 from tuneforge.config import Settings
-from tuneforge.worker.monitors import Worker
+from tuneforge.worker.loop import Worker
 from tuneforge.worker.runner import WorkerConfig
 
 MODEL = "gpt-4o-mini-2024-07-18"

@@ -6,8 +6,10 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from sqlalchemy import text
@@ -21,7 +23,7 @@ from tuneforge.datasets.storage import sweep_abandoned_uploads
 from tuneforge.db.engine import make_engine, make_session_factory
 from tuneforge.db.migrate import ensure_migrated
 from tuneforge.db.session import SessionDep, session_slots
-from tuneforge.errors import ServiceUnavailable, error_responses, install_error_handler
+from tuneforge.errors import ServiceUnavailable, TuneForgeError, error_responses
 from tuneforge.inference.endpoints import agent_chat_router, openai_router
 from tuneforge.jobs.endpoints import router as jobs_router
 from tuneforge.models.endpoints import router as models_router
@@ -30,7 +32,7 @@ from tuneforge.providers.endpoints import router as base_models_router
 from tuneforge.web.errors import install_dashboard_error_pages
 from tuneforge.web.routes import router as web_router
 from tuneforge.web.templating import WEB_DIR
-from tuneforge.worker.monitors import WorkerThread
+from tuneforge.worker.loop import WorkerThread
 
 
 class HealthResponse(BaseModel):
@@ -118,3 +120,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
     app.include_router(openai_router)
     return app
+
+
+def install_error_handler(app: FastAPI) -> None:
+    """The one handler of every ``TuneForgeError`` and request validation error."""
+
+    @app.exception_handler(TuneForgeError)
+    async def render_tuneforge_error(_: Request, exc: TuneForgeError) -> JSONResponse:
+        body = {"error": exc.error, "detail": exc.detail, **exc.extra}
+        return JSONResponse(status_code=exc.status_code, content=body, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def render_request_validation_error(
+        _: Request, exc: RequestValidationError
+    ) -> JSONResponse:
+        fields = [
+            {"field": ".".join(str(part) for part in err["loc"]), "message": err["msg"]}
+            for err in exc.errors()
+        ]
+        summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+        return JSONResponse(
+            status_code=422,
+            content={"error": "validation_error", "detail": summary, "fields": fields},
+        )

@@ -7,7 +7,7 @@ import typer
 from tuneforge.config import get_settings
 from tuneforge.datasets.cli import datasets_app
 from tuneforge.jobs.cli import jobs_app
-from tuneforge.providers.local.cli import models_app
+from tuneforge.store.cli import models_app
 
 app = typer.Typer(help="TuneForge: self-hostable fine-tuning platform.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
@@ -50,7 +50,7 @@ def worker() -> None:
     from tuneforge.db.engine import make_engine, make_session_factory
     from tuneforge.db.migrate import ensure_migrated
     from tuneforge.errors import TuneForgeError
-    from tuneforge.worker.monitors import Worker
+    from tuneforge.worker.loop import Worker
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("tuneforge").setLevel(logging.INFO)

@@ -1,12 +1,12 @@
-"""The error hierarchy and the one handler that renders it as JSON."""
+"""The error hierarchy every layer raises; ``app.py`` renders it as JSON in one handler.
+
+Nothing here imports FastAPI, so the training child and the worker can raise these too.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 
@@ -79,24 +79,3 @@ def error_responses(*errors: type[TuneForgeError]) -> dict[int | str, dict[str, 
         err.status_code: {"model": ErrorBody, "description": err.error.replace("_", " ")}
         for err in errors
     }
-
-
-def install_error_handler(app: FastAPI) -> None:
-    @app.exception_handler(TuneForgeError)
-    async def render_tuneforge_error(_: Request, exc: TuneForgeError) -> JSONResponse:
-        body = {"error": exc.error, "detail": exc.detail, **exc.extra}
-        return JSONResponse(status_code=exc.status_code, content=body, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def render_request_validation_error(
-        _: Request, exc: RequestValidationError
-    ) -> JSONResponse:
-        fields = [
-            {"field": ".".join(str(part) for part in err["loc"]), "message": err["msg"]}
-            for err in exc.errors()
-        ]
-        summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
-        return JSONResponse(
-            status_code=422,
-            content={"error": "validation_error", "detail": summary, "fields": fields},
-        )

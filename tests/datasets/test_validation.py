@@ -18,7 +18,7 @@ from tuneforge.datasets.validation import (
     ValidationReport,
     default_epochs,
 )
-from tuneforge.providers.catalog import BaseModelInfo
+from tuneforge.providers.contract import BaseModelInfo
 
 MODEL = BaseModelInfo("test-model", "openai", 65_536, "o200k_base")
 SYSTEM = {"role": "system", "content": "Be brief."}

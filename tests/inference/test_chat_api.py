@@ -17,7 +17,7 @@ from tests.fixtures.tiny_model import TINY_BASE_MODEL
 from tuneforge.agents.tables import Agent
 from tuneforge.config import Settings
 from tuneforge.models.tables import FineTunedModel, ModelStatus, ModelUsage
-from tuneforge.providers.local import inference
+from tuneforge.inference import engine
 from tuneforge.providers.local.jobdir import JobSpec, job_paths, write_spec
 
 pytestmark = pytest.mark.usefixtures("installed_tiny_model")
@@ -281,7 +281,7 @@ def test_a_generation_failing_mid_stream_ends_with_an_error_event(
     def fail(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the GPU caught fire")
 
-    monkeypatch.setattr(inference, "generate_reply", fail)
+    monkeypatch.setattr(engine, "generate_reply", fail)
 
     with client.stream(
         "POST", f"/agents/{agent.id}/chat", json=ASK | {"stream": True}, headers=account.headers

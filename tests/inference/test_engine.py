@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.providers.local.generation import SamplingParams
-from tuneforge.providers.local.inference import (
+from tuneforge.inference.engine import (
     InferenceEngine,
     LoadedModel,
     ModelSource,
     ModelUnavailable,
     load_model,
 )
+from tuneforge.inference.generation import SamplingParams
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},

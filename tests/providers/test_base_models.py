@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 
 from tests.fixtures.api import Account
 from tuneforge.config import Settings
-from tuneforge.providers.local.store import register_local_model
+from tuneforge.store.base_models import register_local_model
 
 
 def _by_name(client: TestClient, account: Account) -> dict[str, dict]:

@@ -14,11 +14,11 @@ import pytest
 from tests.fakes.openai_server import FakeOpenAI
 from tuneforge.config import Settings
 from tuneforge.errors import InvalidInput
-from tuneforge.jobs.tables import JobStatus
-from tuneforge.providers.base import (
+from tuneforge.providers.contract import (
     FineTuningProvider,
     ProviderError,
     ProviderJobRequest,
+    ProviderJobState,
     ProviderJobStatus,
     RetriableProviderError,
 )
@@ -27,7 +27,7 @@ from tuneforge.providers.registry import get_provider
 
 BASE_MODEL = "gpt-4o-mini-2024-07-18"
 CLIENT_TIMEOUT = 0.5
-S = JobStatus
+S = ProviderJobState
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from playwright.sync_api import Page, expect
 from tests.fixtures.browser import LiveApp, check_page
 from tests.fixtures.files import chat, jsonl
 from tests.fixtures.tiny_model import TINY_BASE_MODEL
-from tuneforge.providers.local.store import MARKER_FILE
+from tuneforge.store.base_models import MARKER_FILE
 
 BASE_MODEL = TINY_BASE_MODEL
 LOSS_POINTS = "Chart.getChart('loss-chart').data.datasets.reduce((n, d) => n + d.data.length, 0)"

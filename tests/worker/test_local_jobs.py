@@ -31,8 +31,8 @@ from tuneforge.db.engine import make_engine, make_session_factory
 from tuneforge.jobs.tables import FineTuningEvent, FineTuningJob, JobMetric, JobStatus
 from tuneforge.models.tables import FineTunedModel
 from tuneforge.providers.local.jobdir import checkpoint_dirs, job_paths, read_status
-from tuneforge.providers.local.store import register_local_model
-from tuneforge.worker.monitors import Worker
+from tuneforge.store.base_models import register_local_model
+from tuneforge.worker.loop import Worker
 from tuneforge.worker.runner import WorkerConfig
 
 Factory = sessionmaker[Session]

@@ -19,14 +19,14 @@ from tuneforge.db.base import utcnow
 from tuneforge.db.engine import make_engine, make_session_factory, unit_of_work
 from tuneforge.jobs.tables import FineTuningEvent, FineTuningJob, JobStatus
 from tuneforge.models.tables import FineTunedModel
-from tuneforge.providers.base import (
+from tuneforge.providers.contract import (
+    BaseModelInfo,
     ProviderCheckpoint,
     ProviderEvent,
     ProviderJobRequest,
     ProviderJobStatus,
 )
-from tuneforge.providers.catalog import BaseModelInfo
-from tuneforge.worker.monitors import Worker
+from tuneforge.worker.loop import Worker
 from tuneforge.worker.queue import (
     claim_job,
     claim_next_job,

@@ -30,11 +30,11 @@ from tuneforge.jobs.tables import (
     JobStatus,
 )
 from tuneforge.models.tables import FineTunedModel
-from tuneforge.providers.base import (
+from tuneforge.providers.contract import (
     ProviderJobRequest,
 )
 from tuneforge.providers.openai import OpenAIProvider
-from tuneforge.worker.monitors import Worker, advance_job_now
+from tuneforge.worker.loop import Worker, advance_job_now
 from tuneforge.worker.runner import WorkerConfig
 
 Factory = sessionmaker[Session]

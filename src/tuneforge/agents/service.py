@@ -22,8 +22,7 @@ from tuneforge.db.base import utcnow
 from tuneforge.db.scoping import get_owned
 from tuneforge.errors import Conflict, InvalidInput, NotFound
 from tuneforge.models.tables import FineTunedModel, ModelStatus
-
-DEFAULT_PROVIDER = "local"
+from tuneforge.providers.catalog import DEFAULT_PROVIDER
 
 
 def _linkable_fine_tuned_model(

@@ -20,7 +20,7 @@ import orjson
 from bpe_openai import _bindings
 
 from tuneforge.errors import InvalidInput
-from tuneforge.providers.catalog import BaseModelInfo
+from tuneforge.providers.contract import BaseModelInfo
 
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
@@ -98,7 +98,7 @@ def _local_counter(model_dir: Path) -> HuggingFaceTokenCounter:
 
 def token_counter_for(model: BaseModelInfo) -> TokenCounter:
     """The counter for a base model, loaded once per encoding or model directory."""
-    if model.provider != "local":
+    if not model.has_own_tokenizer:
         return _bpe_counter(model.tokenizer)
     if model.local_path is None or not model.local_path.is_dir():
         raise InvalidInput(

@@ -21,14 +21,8 @@ from tuneforge.datasets.checks import Issue, make_issue, validate_chat_example
 from tuneforge.datasets.parsing import RawExample
 from tuneforge.datasets.tables import ExampleSplit
 from tuneforge.datasets.tokens import TokenCounter, count_chat_tokens
-from tuneforge.providers.catalog import BaseModelInfo, training_cost_usd
-
-# OpenAI's default-epochs heuristic, from the cookbook.
-TARGET_EPOCHS = 3
-MIN_TARGET_EXAMPLES = 100
-MAX_TARGET_EXAMPLES = 25_000
-MIN_DEFAULT_EPOCHS = 1
-MAX_DEFAULT_EPOCHS = 25
+from tuneforge.providers.catalog import training_cost_usd
+from tuneforge.providers.contract import BaseModelInfo, default_epochs
 
 MAX_WARNING_SAMPLES = 100
 MAX_LIST_SAMPLES = 100
@@ -38,17 +32,6 @@ MAX_LIST_SAMPLES = 100
 # text that is not ASCII.
 _ASCII_LOWER = bytes.maketrans(string.ascii_uppercase.encode(), string.ascii_lowercase.encode())
 _IGNORED_FOR_NEAR = (string.punctuation + string.whitespace).encode()
-
-
-def default_epochs(train_examples: int) -> int | None:
-    """OpenAI's default epoch count for a training set of this size; None when it is empty."""
-    if train_examples <= 0:
-        return None
-    if train_examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
-        return min(MAX_DEFAULT_EPOCHS, MIN_TARGET_EXAMPLES // train_examples)
-    if train_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
-        return max(MIN_DEFAULT_EPOCHS, MAX_TARGET_EXAMPLES // train_examples)
-    return TARGET_EPOCHS
 
 
 class IssueSample(BaseModel):

@@ -18,11 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from tuneforge.config import Settings
 from tuneforge.db.engine import unit_of_work
 from tuneforge.errors import TuneForgeError
+from tuneforge.inference.engine import InferenceEngine
+from tuneforge.inference.generation import Completion, CompletionStream
 from tuneforge.inference.schemas import Usage
 from tuneforge.inference.targets import ModelTarget
 from tuneforge.models.usage import record_usage
-from tuneforge.providers.local.generation import Completion, CompletionStream
-from tuneforge.providers.local.inference import InferenceEngine
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -30,6 +30,7 @@ from tuneforge.errors import (
 )
 from tuneforge.inference import service
 from tuneforge.inference.calls import InferenceRuntime
+from tuneforge.inference.engine import InferenceEngine
 from tuneforge.inference.schemas import (
     AgentChatRequest,
     AgentChatResponse,
@@ -38,7 +39,6 @@ from tuneforge.inference.schemas import (
     ModelList,
     OpenAIErrorBody,
 )
-from tuneforge.providers.local.inference import InferenceEngine
 
 _runtime_lock = threading.Lock()
 

@@ -28,11 +28,11 @@ def find_models_by_reference(
 
 
 def list_servable_models(
-    session: Session, organization_id: str, provider: str
+    session: Session, organization_id: str, providers: list[str]
 ) -> list[FineTunedModel]:
     stmt = (
         org_scoped(FineTunedModel, organization_id)
-        .where(FineTunedModel.status == ModelStatus.ACTIVE, FineTunedModel.provider == provider)
+        .where(FineTunedModel.status == ModelStatus.ACTIVE, FineTunedModel.provider.in_(providers))
         .order_by(FineTunedModel.created_at.desc(), FineTunedModel.id)
     )
     return list(session.scalars(stmt))

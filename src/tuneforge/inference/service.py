@@ -34,6 +34,7 @@ from tuneforge.inference.calls import (
     record_failure_shielded,
     usage_of,
 )
+from tuneforge.inference.generation import Completion, CompletionStream, SamplingParams
 from tuneforge.inference.schemas import (
     AgentChatRequest,
     AgentChatResponse,
@@ -50,7 +51,6 @@ from tuneforge.inference.schemas import (
     sse_event,
 )
 from tuneforge.inference.targets import list_model_cards, resolve_agent_model, resolve_model
-from tuneforge.providers.local.generation import Completion, CompletionStream, SamplingParams
 
 TITLE_LENGTH = 80
 CHAT_ROLES = frozenset(role.value for role in ChatRole)

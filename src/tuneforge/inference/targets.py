@@ -1,11 +1,11 @@
 """Which files answer a request: a fine-tuned model's adapter on its base, or a base model.
 
-Only local models are served here; OpenAI-hosted ones are called through OpenAI itself.
+Only models of providers that serve here (``serves_models_here``) are served; hosted ones
+are called through their provider. Each provider says where its models' files are.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,15 +15,14 @@ from tuneforge.agents.tables import Agent
 from tuneforge.config import Settings
 from tuneforge.errors import Conflict, InvalidInput, NotFound
 from tuneforge.inference import repository
+from tuneforge.inference.engine import ModelSource
 from tuneforge.inference.schemas import ModelCard
 from tuneforge.models.tables import FineTunedModel, ModelStatus
 from tuneforge.providers.catalog import find_base_model, list_base_models
-from tuneforge.providers.local.inference import ModelSource, ModelUnavailable
-from tuneforge.providers.local.jobdir import ADAPTER_DIR, jobs_root
-from tuneforge.providers.local.provider import local_model_files
-from tuneforge.providers.local.store import list_store_models, pull_command
+from tuneforge.providers.contract import ModelUnavailable
+from tuneforge.providers.registry import get_provider, providers_serving_here
+from tuneforge.store.base_models import pull_command
 
-LOCAL_PROVIDER = "local"
 BASE_MODEL_OWNER = "tuneforge"
 
 
@@ -63,10 +62,10 @@ def resolve_agent_model(session: Session, settings: Settings, agent: Agent) -> M
                 f"{state}; deploy another model to the agent"
             )
         return _fine_tuned_target(settings, model)
-    if agent.provider != LOCAL_PROVIDER:
+    if agent.provider not in providers_serving_here(settings):
         raise Conflict(
-            f"Agent {agent.id} uses the {agent.provider} model {agent.model}; "
-            "TuneForge serves local models only"
+            f"Agent {agent.id} uses the {agent.provider} model {agent.model}, which is not "
+            "served here; call it through its provider"
         )
     try:
         return _base_target(settings, agent.model)
@@ -75,7 +74,7 @@ def resolve_agent_model(session: Session, settings: Settings, agent: Agent) -> M
 
 
 def list_model_cards(session: Session, settings: Settings, organization_id: str) -> list[ModelCard]:
-    """Active local fine-tuned models of the organization, then base models on this disk."""
+    """Active fine-tuned models of the organization served here, then base models on this disk."""
     cards = [
         ModelCard(
             id=model.id,
@@ -84,9 +83,11 @@ def list_model_cards(session: Session, settings: Settings, organization_id: str)
             name=model.name,
             base_model=model.base_model,
         )
-        for model in repository.list_servable_models(session, organization_id, LOCAL_PROVIDER)
+        for model in repository.list_servable_models(
+            session, organization_id, providers_serving_here(settings)
+        )
     ]
-    for name, path in local_base_models(settings).items():
+    for name, path in servable_base_models(settings).items():
         config = path / "config.json"
         if config.is_file():
             created = int(config.stat().st_mtime)
@@ -94,20 +95,18 @@ def list_model_cards(session: Session, settings: Settings, organization_id: str)
     return cards
 
 
-def local_base_models(settings: Settings) -> dict[str, Path]:
-    """The catalog's local models (installed or not) and the models registered in the store."""
-    models = {
+def servable_base_models(settings: Settings) -> dict[str, Path]:
+    """Base models of the providers that serve here, by name (installed or not)."""
+    serving = set(providers_serving_here(settings))
+    return {
         info.name: info.local_path
         for info in list_base_models(settings)
-        if info.provider == LOCAL_PROVIDER and info.local_path is not None
+        if info.provider in serving and info.local_path is not None
     }
-    for stored in list_store_models(settings):
-        models.setdefault(stored.name, stored.path)
-    return models
 
 
 def _base_target(settings: Settings, name: str) -> ModelTarget:
-    path = local_base_models(settings).get(name)
+    path = servable_base_models(settings).get(name)
     if path is None:
         try:
             provider = find_base_model(name, settings).provider
@@ -125,42 +124,12 @@ def _base_target(settings: Settings, name: str) -> ModelTarget:
 
 
 def _fine_tuned_target(settings: Settings, model: FineTunedModel) -> ModelTarget:
-    if model.provider != LOCAL_PROVIDER:
+    provider = get_provider(model.provider, settings)
+    files = provider.servable_files(model.provider_model_id, model.base_model)
+    if files is None:
         raise InvalidInput(
             f"Model {model.id} is hosted by {model.provider}; call it through {model.provider}",
             field="model",
         )
-    base_path, adapter_path = fine_tuned_files(model, settings)
-    source = ModelSource(f"{model.name} ({model.id})", base_path, adapter_path)
+    source = ModelSource(f"{model.name} ({model.id})", files.base_path, files.adapter_path)
     return ModelTarget(public_id=model.id, source=source, fine_tuned_model_id=model.id)
-
-
-def fine_tuned_files(model: FineTunedModel, settings: Settings) -> tuple[Path, Path]:
-    """Base model and adapter directories: a path reference is the adapter itself, a model
-    name is looked up in its training job's directory, else the job's default adapter place."""
-    reference = Path(model.provider_model_id)
-    for candidate in (reference, settings.data_dir / reference):
-        if candidate.is_dir():
-            return _base_path(model, settings, candidate), candidate
-    try:
-        return local_model_files(settings, model.provider_model_id)
-    except (InvalidInput, OSError, ValueError, TypeError):
-        adapter = jobs_root(settings) / model.job_id / ADAPTER_DIR
-        return _base_path(model, settings, adapter), adapter
-
-
-def _base_path(model: FineTunedModel, settings: Settings, adapter: Path) -> Path:
-    """The named base model's directory, else the one the adapter says it was trained on."""
-    known = local_base_models(settings).get(model.base_model)
-    if known is not None:
-        return known
-    try:
-        config = json.loads((adapter / "adapter_config.json").read_text())
-    except (OSError, ValueError):
-        config = {}
-    trained_on = config.get("base_model_name_or_path")
-    if isinstance(trained_on, str) and Path(trained_on).is_dir():
-        return Path(trained_on)
-    raise ModelUnavailable(
-        f"Model {model.id}: its base model {model.base_model} is not in the local model store"
-    )

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from tuneforge.db.base import utcnow
 from tuneforge.jobs.states import JobUpdate, transition_job
 from tuneforge.jobs.tables import FineTuningEvent, FineTuningJob, JobCheckpoint, JobMetric
-from tuneforge.providers.base import (
+from tuneforge.providers.contract import (
     ProviderCheckpoint,
     ProviderEvent,
     ProviderJobStatus,

@@ -8,16 +8,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from tuneforge.agents.schemas import ProviderName
-from tuneforge.jobs.hyperparameters import (
-    EpochCount,
-    RequestedHyperparameters,
-    ResolvedHyperparameters,
-)
 from tuneforge.jobs.tables import (
     FineTuningEvent,
     JobCheckpoint,
     JobMetric,
     JobStatus,
+)
+from tuneforge.providers.contract import (
+    EpochCount,
+    RequestedHyperparameters,
+    ResolvedHyperparameters,
 )
 
 if TYPE_CHECKING:

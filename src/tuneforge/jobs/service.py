@@ -25,11 +25,6 @@ from tuneforge.db.engine import unit_of_work
 from tuneforge.db.scoping import get_owned
 from tuneforge.errors import Conflict, InvalidInput, NotFound
 from tuneforge.jobs import repository
-from tuneforge.jobs.hyperparameters import (
-    resolve_epochs,
-    resolve_hyperparameters,
-    shared_hyperparameters,
-)
 from tuneforge.jobs.repository import JobFilter
 from tuneforge.jobs.schemas import (
     EstimateOut,
@@ -52,8 +47,13 @@ from tuneforge.providers.catalog import (
     training_cost_usd,
     training_price_per_million,
 )
+from tuneforge.providers.contract import (
+    resolve_epochs,
+    resolve_hyperparameters,
+    shared_hyperparameters,
+)
 from tuneforge.providers.registry import get_provider
-from tuneforge.worker.monitors import advance_job_now
+from tuneforge.worker.loop import advance_job_now
 
 S = JobStatus
 JOB_LABEL = "Fine-tuning job"
@@ -275,7 +275,7 @@ def estimate_job(
         )
     report = ValidationReport.model_validate(dataset.validation_report)
     same_tokenizer = report.model == model.name or (
-        model.tokenizer != "local" and model.tokenizer == report.tokenizer
+        not model.has_own_tokenizer and model.tokenizer == report.tokenizer
     )
     if not same_tokenizer or model.context_length != report.context_length:
         raise InvalidInput(

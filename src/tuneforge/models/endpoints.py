@@ -174,7 +174,7 @@ def model_usage(
         model_id,
         from_date=from_date,
         to_date=to_date,
-        training_prices_per_million_tokens=settings.training_prices_per_million_tokens,
+        settings=settings,
     )
 
 

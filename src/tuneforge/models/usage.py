@@ -10,15 +10,16 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy.orm import Session
 
+from tuneforge.config import Settings
 from tuneforge.db.base import utcnow
 from tuneforge.errors import InvalidInput
 from tuneforge.models import repository
 from tuneforge.models.repository import DailyUsage
 from tuneforge.models.schemas import ModelUsageReport, UsageCost, UsageDay, UsageTotals
 from tuneforge.models.tables import FineTunedModel, ModelUsage
-from tuneforge.providers.catalog import training_cost_usd
+from tuneforge.providers.catalog import training_cost_usd, training_price_per_million
+from tuneforge.providers.registry import get_provider
 
-LOCAL_PROVIDER = "local"
 DEFAULT_RANGE_DAYS = 30
 MAX_RANGE_DAYS = 366
 P95 = 0.95
@@ -58,7 +59,7 @@ def usage_report(
     *,
     from_date: date | None,
     to_date: date | None,
-    training_prices_per_million_tokens: dict[str, float],
+    settings: Settings,
 ) -> ModelUsageReport:
     """Totals and a zero-filled daily series over [from_date, to_date], both inclusive.
 
@@ -105,7 +106,7 @@ def usage_report(
         granularity="day",
         totals=totals,
         series=series,
-        cost=_cost(model, training_prices_per_million_tokens),
+        cost=_cost(model, settings),
     )
 
 
@@ -125,16 +126,16 @@ def _usage_day(day: date, row: DailyUsage | None) -> UsageDay:
     )
 
 
-def _cost(model: FineTunedModel, training_prices: dict[str, float]) -> UsageCost:
-    """Local models run on the operator's hardware: no per-token bill to report."""
-    if model.provider == LOCAL_PROVIDER:
+def _cost(model: FineTunedModel, settings: Settings) -> UsageCost:
+    """Models served here run on the operator's hardware: no per-token bill to report."""
+    if get_provider(model.provider, settings).serves_models_here:
         return UsageCost(
             inference_usd=0.0,
             training_usd=0.0,
             note="Local model: trained and served on your own hardware, no per-token charges.",
         )
     trained_tokens = (model.metrics_summary or {}).get("trained_tokens")
-    price = training_prices.get(model.base_model)
+    price = training_price_per_million(model.base_model, settings)
     training_usd = None if trained_tokens is None else training_cost_usd(trained_tokens, price)
     if training_usd is None:
         training_note = f"No training price is configured for {model.base_model}."

@@ -8,32 +8,24 @@ which is what truncation and billing are measured against.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 from tuneforge.config import Settings
 from tuneforge.errors import InvalidInput
+from tuneforge.providers.contract import MODEL_TOKENIZER, BaseModelInfo
 
 DEFAULT_VALIDATION_MODEL = "gpt-4o-mini-2024-07-18"
-
-
-@dataclass(frozen=True)
-class BaseModelInfo:
-    name: str
-    provider: str
-    context_length: int
-    tokenizer: str
-    parameter_count: int | None = None
-    local_path: Path | None = None
+# The one place provider names are spelled; everything else asks the provider itself.
+LOCAL_PROVIDER = "local"
+OPENAI_PROVIDER = "openai"
+DEFAULT_PROVIDER = LOCAL_PROVIDER
 
 
 _OPENAI_MODELS: tuple[BaseModelInfo, ...] = (
-    BaseModelInfo("gpt-4o-2024-08-06", "openai", 65_536, "o200k_base"),
-    BaseModelInfo("gpt-4o-mini-2024-07-18", "openai", 65_536, "o200k_base"),
-    BaseModelInfo("gpt-4.1-2025-04-14", "openai", 65_536, "o200k_base"),
-    BaseModelInfo("gpt-4.1-mini-2025-04-14", "openai", 65_536, "o200k_base"),
-    BaseModelInfo("gpt-4.1-nano-2025-04-14", "openai", 65_536, "o200k_base"),
-    BaseModelInfo("gpt-3.5-turbo-0125", "openai", 16_385, "cl100k_base"),
+    BaseModelInfo("gpt-4o-2024-08-06", OPENAI_PROVIDER, 65_536, "o200k_base"),
+    BaseModelInfo("gpt-4o-mini-2024-07-18", OPENAI_PROVIDER, 65_536, "o200k_base"),
+    BaseModelInfo("gpt-4.1-2025-04-14", OPENAI_PROVIDER, 65_536, "o200k_base"),
+    BaseModelInfo("gpt-4.1-mini-2025-04-14", OPENAI_PROVIDER, 65_536, "o200k_base"),
+    BaseModelInfo("gpt-4.1-nano-2025-04-14", OPENAI_PROVIDER, 65_536, "o200k_base"),
+    BaseModelInfo("gpt-3.5-turbo-0125", OPENAI_PROVIDER, 16_385, "cl100k_base"),
 )
 
 # (name, context length, parameter count); each lives in a directory of that name in the
@@ -43,15 +35,15 @@ _LOCAL_MODELS: tuple[tuple[str, int, int], ...] = (("smollm2-135m-instruct", 8_1
 
 def list_base_models(settings: Settings) -> list[BaseModelInfo]:
     """OpenAI's fine-tunable models, the built-in local ones, and local models registered here."""
-    from tuneforge.providers.local.store import list_store_models
+    from tuneforge.store.base_models import list_store_models
 
     builtin_names = {name for name, _, _ in _LOCAL_MODELS}
     registered = [
         BaseModelInfo(
             stored.name,
-            "local",
+            LOCAL_PROVIDER,
             stored.context_length,
-            "local",
+            MODEL_TOKENIZER,
             parameter_count=stored.parameter_count,
             local_path=stored.path,
         )
@@ -61,9 +53,9 @@ def list_base_models(settings: Settings) -> list[BaseModelInfo]:
     local = [
         BaseModelInfo(
             name,
-            "local",
+            LOCAL_PROVIDER,
             context_length,
-            "local",
+            MODEL_TOKENIZER,
             parameter_count=parameters,
             local_path=settings.model_store_dir / name,
         )

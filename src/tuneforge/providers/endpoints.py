@@ -9,7 +9,7 @@ from tuneforge.auth.deps import PrincipalDep
 from tuneforge.db.session import SettingsDep
 from tuneforge.errors import Unauthorized, error_responses
 from tuneforge.providers.catalog import list_base_models, training_price_per_million
-from tuneforge.providers.local.store import find_model_dir, pull_command
+from tuneforge.providers.registry import get_provider
 
 router = APIRouter(prefix="/fine-tuning/base-models", tags=["base models"])
 
@@ -35,13 +35,11 @@ def list_models(_: PrincipalDep, settings: SettingsDep) -> list[BaseModelOut]:
     models = []
     for model in list_base_models(settings):
         price = training_price_per_million(model.name, settings)
-        if model.provider == "local":
-            ready = find_model_dir(settings, model.name) is not None
-            detail = "in the model store" if ready else f"run `{pull_command(model.name)}`"
+        provider = get_provider(model.provider, settings)
+        readiness = provider.readiness(model)
+        if provider.serves_models_here:
             pricing = "local"
         else:
-            ready = bool(settings.openai_api_key)
-            detail = "API key configured" if ready else "set TUNEFORGE_OPENAI_API_KEY"
             pricing = "not priced" if price is None else f"${price:g} per 1M training tokens"
         models.append(
             BaseModelOut(
@@ -51,8 +49,8 @@ def list_models(_: PrincipalDep, settings: SettingsDep) -> list[BaseModelOut]:
                 parameter_count=model.parameter_count,
                 price_per_million_training_tokens=price,
                 pricing=pricing,
-                ready=ready,
-                ready_detail=detail,
+                ready=readiness.ready,
+                ready_detail=readiness.detail,
             )
         )
     return models

@@ -21,18 +21,21 @@ from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 
 from tuneforge.config import Settings
 from tuneforge.errors import InvalidInput
-from tuneforge.jobs.hyperparameters import require_shared_only
-from tuneforge.jobs.tables import JobStatus
-from tuneforge.providers.base import (
+from tuneforge.providers.catalog import OPENAI_PROVIDER, list_base_models
+from tuneforge.providers.contract import (
+    BaseModelInfo,
     ProviderCheckpoint,
     ProviderError,
     ProviderEvent,
     ProviderJobRequest,
+    ProviderJobState,
     ProviderJobStatus,
     ProviderMetric,
+    Readiness,
     RetriableProviderError,
+    ServableFiles,
+    require_shared_only,
 )
-from tuneforge.providers.catalog import BaseModelInfo, list_base_models
 
 IDEMPOTENCY_METADATA_KEY = "tuneforge_job_id"
 SUPPORTED_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
@@ -44,15 +47,17 @@ _BASE_RETRY_SECONDS = 5.0
 _MAX_RETRY_SECONDS = 300.0
 _NOT_METRICS = frozenset({"step", "total_steps"})
 
-_STATUSES: dict[str, JobStatus] = {
-    "validating_files": JobStatus.VALIDATING_FILES,
-    "queued": JobStatus.QUEUED,
-    "running": JobStatus.RUNNING,
-    "succeeded": JobStatus.SUCCEEDED,
-    "failed": JobStatus.FAILED,
-    "cancelled": JobStatus.CANCELLED,
+_STATUSES: dict[str, ProviderJobState] = {
+    "validating_files": ProviderJobState.VALIDATING_FILES,
+    "queued": ProviderJobState.QUEUED,
+    "running": ProviderJobState.RUNNING,
+    "succeeded": ProviderJobState.SUCCEEDED,
+    "failed": ProviderJobState.FAILED,
+    "cancelled": ProviderJobState.CANCELLED,
 }
-_FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+_FINISHED = frozenset(
+    {ProviderJobState.SUCCEEDED, ProviderJobState.FAILED, ProviderJobState.CANCELLED}
+)
 
 T = TypeVar("T")
 
@@ -60,8 +65,9 @@ T = TypeVar("T")
 class OpenAIProvider:
     """Remote jobs on OpenAI; polled at the configured interval, lease released between."""
 
-    name = "openai"
+    name = OPENAI_PROVIDER
     runs_in_worker = False
+    serves_models_here = False
 
     def __init__(self, settings: Settings, *, timeout_seconds: float | None = None) -> None:
         self._settings = settings
@@ -72,6 +78,14 @@ class OpenAIProvider:
 
     def list_base_models(self) -> list[BaseModelInfo]:
         return [m for m in list_base_models(self._settings) if m.provider == self.name]
+
+    def readiness(self, model: BaseModelInfo) -> Readiness:
+        if self._settings.openai_api_key:
+            return Readiness(True, "API key configured")
+        return Readiness(False, "set TUNEFORGE_OPENAI_API_KEY")
+
+    def servable_files(self, model_reference: str, base_model: str) -> ServableFiles | None:
+        return None  # OpenAI serves its fine-tunes itself
 
     def check_hyperparameters(self, requested: dict[str, Any]) -> None:
         require_shared_only(self.name, requested)

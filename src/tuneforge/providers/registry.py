@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 from tuneforge.config import Settings
 from tuneforge.errors import InvalidInput
-from tuneforge.providers.base import FineTuningProvider
+from tuneforge.providers.catalog import LOCAL_PROVIDER, OPENAI_PROVIDER
+from tuneforge.providers.contract import FineTuningProvider
 
 
 def _openai(settings: Settings) -> FineTuningProvider:
@@ -22,8 +23,8 @@ def _local(settings: Settings) -> FineTuningProvider:
 
 
 _FACTORIES: dict[str, Callable[[Settings], FineTuningProvider]] = {
-    "local": _local,
-    "openai": _openai,
+    LOCAL_PROVIDER: _local,
+    OPENAI_PROVIDER: _openai,
 }
 
 
@@ -39,3 +40,8 @@ def get_provider(name: str, settings: Settings) -> FineTuningProvider:
             field="provider",
         )
     return factory(settings)
+
+
+def providers_serving_here(settings: Settings) -> list[str]:
+    """Names of the providers whose models this machine's inference engine serves."""
+    return [name for name in provider_names() if get_provider(name, settings).serves_models_here]

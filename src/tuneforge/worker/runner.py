@@ -42,7 +42,7 @@ from tuneforge.jobs.states import (
 )
 from tuneforge.jobs.tables import FineTuningEvent, FineTuningJob, JobStatus
 from tuneforge.models.service import create_model_from_job
-from tuneforge.providers.base import (
+from tuneforge.providers.contract import (
     FineTuningProvider,
     ProviderError,
     ProviderJobRequest,
@@ -305,9 +305,9 @@ class JobRunner:
     def _apply_status(
         self, session: Session, job: FineTuningJob, status: ProviderJobStatus
     ) -> FineTuningJob:
-        target = status.status
-        if target is None:
+        if status.status is None:
             return self._note_unknown_status(session, job, status.raw_status)
+        target = JobStatus(status.status.value)
         if target == job.status or not can_transition(job.status, target):
             return job  # the provider lags behind us (validating while we say queued)
         if job.status == S.CANCELLING and target not in TERMINAL_STATUSES:

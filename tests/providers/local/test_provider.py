@@ -21,20 +21,20 @@ from transformers import AutoModelForCausalLM
 from tests.providers.local.factories import chat_examples, write_jsonl
 from tuneforge.config import Settings
 from tuneforge.errors import InvalidInput
-from tuneforge.jobs.tables import JobStatus
-from tuneforge.providers.base import (
+from tuneforge.providers.contract import (
     ProviderError,
     ProviderEvent,
     ProviderJobRequest,
+    ProviderJobState,
     ProviderJobStatus,
     RetriableProviderError,
 )
 from tuneforge.providers.local.jobdir import job_paths, read_status
-from tuneforge.providers.local.provider import LocalProvider, local_model_files
-from tuneforge.providers.local.store import register_local_model
+from tuneforge.providers.local.provider import LocalProvider
 from tuneforge.providers.registry import get_provider
+from tuneforge.store.base_models import register_local_model
 
-FINISHED = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+FINISHED = {ProviderJobState.SUCCEEDED, ProviderJobState.FAILED, ProviderJobState.CANCELLED}
 FAST = {"lora_r": 8, "lora_alpha": 64, "learning_rate_multiplier": 10.0, "warmup_ratio": 0.0}
 
 
@@ -152,7 +152,7 @@ def test_a_job_runs_to_success_with_events_metrics_checkpoints_and_a_loadable_ad
     assert provider.find_job("ok") == "ok"
     status = wait_finished(provider, "ok")
 
-    assert status.status == JobStatus.SUCCEEDED, status
+    assert status.status == ProviderJobState.SUCCEEDED, status
     assert status.fine_tuned_model == "ft:tiny-llama:tuneforge:ok"
     assert status.progress_percentage == 100.0
     assert status.trained_tokens and status.trained_tokens > 0
@@ -170,7 +170,9 @@ def test_a_job_runs_to_success_with_events_metrics_checkpoints_and_a_loadable_ad
     assert provider.create_job(request) == "ok"
     assert read_status(job_paths(local_settings, "ok"))["attempt"] == 1
 
-    base_dir, adapter_dir = local_model_files(local_settings, status.fine_tuned_model)
+    files = provider.servable_files(status.fine_tuned_model, request.base_model)
+    assert files is not None
+    base_dir, adapter_dir = files.base_path, files.adapter_path
     assert base_dir == tiny_model_dir.resolve()
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     PeftModel.from_pretrained(base, adapter_dir)
@@ -187,13 +189,13 @@ def test_a_killed_trainer_fails_the_attempt_and_create_job_resumes_from_its_chec
     wait_for(lambda: bool(provider.list_checkpoints("kill")))
     os.kill(read_status(paths)["pid"], signal.SIGKILL)
     status = wait_finished(provider, "kill")
-    assert status.status == JobStatus.FAILED
+    assert status.status == ProviderJobState.FAILED
     assert status.error_code == "trainer_crashed"
     assert "signal 9" in (status.error_message or "")
     saved = provider.list_checkpoints("kill")[-1].step
 
     provider.create_job(request)
-    assert wait_finished(provider, "kill").status == JobStatus.SUCCEEDED
+    assert wait_finished(provider, "kill").status == ProviderJobState.SUCCEEDED
 
     events = provider.list_events("kill", after=None)
     resumed = [e for e in events if e.event_type == "resumed"]
@@ -205,7 +207,7 @@ def test_a_killed_trainer_fails_the_attempt_and_create_job_resumes_from_its_chec
 WORKER_SCRIPT = """
 import json, sys, time
 from tuneforge.config import Settings
-from tuneforge.providers.base import ProviderJobRequest
+from tuneforge.providers.contract import ProviderJobRequest
 from tuneforge.providers.local.provider import LocalProvider
 provider = LocalProvider(Settings(data_dir=sys.argv[1]))
 provider.create_job(ProviderJobRequest(**json.loads(sys.argv[2])))
@@ -243,7 +245,7 @@ def test_a_killed_worker_takes_its_trainer_along_and_the_next_worker_resumes(
         provider.get_status("orphan")
     assert detached.value.code == "trainer_detached"
     provider.create_job(request)
-    assert wait_finished(provider, "orphan").status == JobStatus.SUCCEEDED
+    assert wait_finished(provider, "orphan").status == ProviderJobState.SUCCEEDED
     events = provider.list_events("orphan", after=None)
     assert [e.event_type for e in events].count("resumed") == 1
     assert metric_steps(events) == list(range(1, 49))
@@ -260,17 +262,20 @@ def test_cancel_stops_the_trainer_within_seconds(
 
     started = time.monotonic()
     provider.cancel("stop")
-    assert provider.get_status("stop").status in (JobStatus.CANCELLING, JobStatus.CANCELLED)
+    assert provider.get_status("stop").status in (
+        ProviderJobState.CANCELLING,
+        ProviderJobState.CANCELLED,
+    )
     status = wait_finished(provider, "stop", timeout=30)
     elapsed = time.monotonic() - started
 
-    assert status.status == JobStatus.CANCELLED
+    assert status.status == ProviderJobState.CANCELLED
     assert elapsed < 10
     wait_for(lambda: process_gone(trainer_pid), timeout=5)
     assert provider.list_events("stop", after=None)[-1].event_type == "cancelled"
     assert provider.find_job("stop") == "stop"
     provider.create_job(request)  # a cancelled job is not restarted
-    assert provider.get_status("stop").status == JobStatus.CANCELLED
+    assert provider.get_status("stop").status == ProviderJobState.CANCELLED
 
 
 def test_two_torchrun_processes_train_like_one(provider: LocalProvider, tmp_path: Path) -> None:
@@ -282,7 +287,7 @@ def test_two_torchrun_processes_train_like_one(provider: LocalProvider, tmp_path
             )
         )
     for job_id in ("one", "two"):
-        assert wait_finished(provider, job_id, timeout=240).status == JobStatus.SUCCEEDED
+        assert wait_finished(provider, job_id, timeout=240).status == ProviderJobState.SUCCEEDED
 
     def losses(job_id: str) -> dict[str, list[float]]:
         by_name: dict[str, list[float]] = {"train_loss": [], "valid_loss": []}
@@ -310,4 +315,4 @@ def test_a_trainer_waits_while_another_process_holds_the_job(
         time.sleep(1)
         assert read_status(paths)["state"] == "starting"
         assert not paths.progress.exists()
-    assert wait_finished(provider, "locked").status == JobStatus.SUCCEEDED
+    assert wait_finished(provider, "locked").status == ProviderJobState.SUCCEEDED

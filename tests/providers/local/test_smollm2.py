@@ -12,11 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.providers.local.factories import write_jsonl
 from tuneforge.config import Settings
-from tuneforge.jobs.tables import JobStatus
-from tuneforge.providers.base import ProviderJobRequest
+from tuneforge.providers.contract import ProviderJobRequest, ProviderJobState
 from tuneforge.providers.local.data import IGNORE_INDEX, encode_chat_example
-from tuneforge.providers.local.provider import LocalProvider, local_model_files
-from tuneforge.providers.local.store import list_store_models, pull_builtin_model
+from tuneforge.providers.local.provider import LocalProvider
+from tuneforge.store.base_models import list_store_models, pull_builtin_model
 
 CITIES = ["Paris", "Lima", "Oslo", "Cairo", "Quito", "Hanoi", "Accra", "Bern"]
 
@@ -73,20 +72,22 @@ def test_smollm2_converts_fine_tunes_and_its_adapter_loads(tmp_path: Path) -> No
     )
     deadline = time.monotonic() + 240
     while (status := provider.get_status("smol")).status not in (
-        JobStatus.SUCCEEDED,
-        JobStatus.FAILED,
+        ProviderJobState.SUCCEEDED,
+        ProviderJobState.FAILED,
     ):
         assert time.monotonic() < deadline, "training took too long"
         time.sleep(0.5)
     events = provider.list_events("smol", after=None)
-    assert status.status == JobStatus.SUCCEEDED, [e.message for e in events]
+    assert status.status == ProviderJobState.SUCCEEDED, [e.message for e in events]
     assert status.fine_tuned_model == "ft:smollm2-135m-instruct:routes:smol"
 
     losses = [m.value for e in events for m in e.metrics if m.name == "train_loss"]
     assert len(losses) == 6, [e.message for e in events]
     assert losses[-1] < losses[0] * 0.7, losses
 
-    base_dir, adapter_dir = local_model_files(settings, status.fine_tuned_model)
+    files = provider.servable_files(status.fine_tuned_model, "smollm2-135m-instruct")
+    assert files is not None
+    base_dir, adapter_dir = files.base_path, files.adapter_path
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     before = assistant_loss(base, tokenizer, examples)

@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError
 
 from tuneforge.config import Settings
 from tuneforge.errors import InvalidInput
-from tuneforge.jobs.hyperparameters import Hyperparameters
+from tuneforge.providers.contract import Hyperparameters
 
 # The trainer's states are "starting", "running", then one of these.
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})

@@ -12,6 +12,7 @@ the lease, or stops mid-run, kills its trainer (``abandon``). Nothing here impor
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -26,17 +27,21 @@ from typing import Any
 
 from tuneforge.config import Settings
 from tuneforge.errors import InvalidInput, TuneForgeError
-from tuneforge.jobs.tables import JobStatus
-from tuneforge.providers.base import (
+from tuneforge.providers.catalog import LOCAL_PROVIDER, list_base_models
+from tuneforge.providers.contract import (
+    BaseModelInfo,
+    ModelUnavailable,
     ProviderCheckpoint,
     ProviderError,
     ProviderEvent,
     ProviderJobRequest,
+    ProviderJobState,
     ProviderJobStatus,
     ProviderMetric,
+    Readiness,
     RetriableProviderError,
+    ServableFiles,
 )
-from tuneforge.providers.catalog import BaseModelInfo, list_base_models
 from tuneforge.providers.local.jobdir import (
     ADAPTER_DIR,
     TERMINAL_STATES,
@@ -48,13 +53,12 @@ from tuneforge.providers.local.jobdir import (
     parse_local_hyperparameters,
     read_events,
     read_json,
-    read_spec,
     read_status,
     update_status,
     write_spec,
 )
 from tuneforge.providers.local.process import MODULE, SUPERVISOR_PID_ENV
-from tuneforge.providers.local.store import DEFAULT_MODEL, find_model_dir, pull_command
+from tuneforge.store.base_models import DEFAULT_MODEL, find_model_dir, pull_command
 
 _LOG_TAIL_BYTES = 2000
 _FILE_KEY = re.compile(r"[^A-Za-z0-9_.-]")
@@ -77,8 +81,9 @@ _event_offsets: dict[Path, tuple[int, int]] = {}  # progress file -> (last id re
 class LocalProvider:
     """LoRA training in a child process of the worker, polled every couple of seconds."""
 
-    name = "local"
+    name = LOCAL_PROVIDER
     runs_in_worker = True
+    serves_models_here = True
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -92,6 +97,37 @@ class LocalProvider:
                 f"No local base model is installed; run `{pull_command(DEFAULT_MODEL)}`",
                 field="provider",
             )
+
+    def readiness(self, model: BaseModelInfo) -> Readiness:
+        if find_model_dir(self._settings, model.name) is not None:
+            return Readiness(True, "in the model store")
+        return Readiness(False, f"run `{pull_command(model.name)}`")
+
+    def servable_files(self, model_reference: str, base_model: str) -> ServableFiles | None:
+        """A path reference is the adapter itself; a model name is looked up in its training
+        job's directory. The base is the store's model of that name, else the directory the
+        adapter says it was trained on."""
+        adapter = self._adapter_dir(model_reference)
+        base_path = find_model_dir(self._settings, base_model) or _trained_on(adapter)
+        if base_path is None:
+            raise ModelUnavailable(
+                f"Base model {base_model} is not in the local model store; "
+                f"run `{pull_command(base_model)}`"
+            )
+        return ServableFiles(base_path, adapter)
+
+    def _adapter_dir(self, model_reference: str) -> Path:
+        reference = Path(model_reference)
+        for candidate in (reference, self._settings.data_dir / reference):
+            if candidate.is_dir():
+                return candidate
+        if len(reference.parts) > 1:
+            return reference  # a path whose files are gone: the engine says which
+        job_id = model_reference.rsplit(":", 1)[-1]
+        try:
+            return job_paths(self._settings, job_id).adapter
+        except InvalidInput as exc:
+            raise ModelUnavailable(f"{model_reference!r} is not a local fine-tuned model") from exc
 
     def check_hyperparameters(self, requested: dict[str, Any]) -> None:
         parse_local_hyperparameters(requested)
@@ -150,7 +186,7 @@ class LocalProvider:
         if child is not None and child.alive:
             cancelling = paths.cancel_marker.exists()
             return ProviderJobStatus(
-                status=JobStatus.CANCELLING if cancelling else JobStatus.RUNNING,
+                status=ProviderJobState.CANCELLING if cancelling else ProviderJobState.RUNNING,
                 raw_status="cancelling" if cancelling else state,
                 trained_tokens=tokens,
                 estimated_finish=_estimated_finish(status),
@@ -158,7 +194,7 @@ class LocalProvider:
             )
         if state == "succeeded":
             return ProviderJobStatus(
-                status=JobStatus.SUCCEEDED,
+                status=ProviderJobState.SUCCEEDED,
                 raw_status=state,
                 trained_tokens=tokens,
                 fine_tuned_model=status["fine_tuned_model"],
@@ -169,7 +205,7 @@ class LocalProvider:
         if state == "cancelled" or paths.cancel_marker.exists():
             if state != "cancelled":  # killed before it could say so itself
                 update_status(paths, state="cancelled")
-            return ProviderJobStatus(JobStatus.CANCELLED, "cancelled", trained_tokens=tokens)
+            return ProviderJobStatus(ProviderJobState.CANCELLED, "cancelled", trained_tokens=tokens)
         if child is not None:
             code = child.process.returncode
             reason = f"signal {-code}" if code < 0 else f"exit code {code}"
@@ -293,7 +329,7 @@ class LocalProvider:
     @staticmethod
     def _failed(raw: str, code: str, message: str | None, tokens: Any) -> ProviderJobStatus:
         return ProviderJobStatus(
-            status=JobStatus.FAILED,
+            status=ProviderJobState.FAILED,
             raw_status=raw,
             trained_tokens=tokens,
             error_code=code,
@@ -301,14 +337,14 @@ class LocalProvider:
         )
 
 
-def local_model_files(settings: Settings, fine_tuned_model: str) -> tuple[Path, Path]:
-    """Base model and adapter directories of a local fine-tuned model, for inference."""
-    job_id = fine_tuned_model.rsplit(":", 1)[-1]
-    paths = job_paths(settings, job_id)
-    spec = read_spec(paths)
-    if spec.fine_tuned_model != fine_tuned_model:
-        raise InvalidInput(f"{fine_tuned_model!r} is not a local fine-tuned model", field="model")
-    return Path(spec.base_model_path), paths.adapter
+def _trained_on(adapter: Path) -> Path | None:
+    """The base model directory an adapter's config names, if it is still there."""
+    try:
+        config = json.loads((adapter / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    trained_on = config.get("base_model_name_or_path")
+    return Path(trained_on) if isinstance(trained_on, str) and Path(trained_on).is_dir() else None
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

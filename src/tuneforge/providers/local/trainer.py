@@ -39,7 +39,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from tuneforge.jobs.hyperparameters import resolve_hyperparameters
+from tuneforge.providers.contract import resolve_hyperparameters
 from tuneforge.providers.local.checkpoints import latest_checkpoint, restore_checkpoint
 from tuneforge.providers.local.data import (
     EncodedExample,

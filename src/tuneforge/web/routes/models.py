@@ -16,6 +16,7 @@ from tuneforge.inference.schemas import AgentChatRequest
 from tuneforge.models import service as models_service
 from tuneforge.models import usage
 from tuneforge.models.tables import ModelStatus
+from tuneforge.providers.registry import get_provider
 from tuneforge.web.deps import WebPrincipal, action_done, choice, parse_form, safe_next
 from tuneforge.web.templating import render
 
@@ -24,7 +25,6 @@ router = APIRouter(prefix="/dashboard/fine-tuning/models")
 PAGE_SIZE = 20
 AGENT_CHOICES = 100
 BASE = "/dashboard/fine-tuning/models"
-LOCAL_PROVIDER = "local"
 TRY_MAX_TOKENS = 128
 
 NextField = Annotated[str, Form(alias="next")]
@@ -73,19 +73,21 @@ def model_detail(
 ) -> Response:
     org = principal.organization_id
     item = models_service.get_model(session, org, model_id)
+    served_here = get_provider(item.model.provider, settings).serves_models_here
     report = usage.usage_report(
         session,
         org,
         item.model.id,
         from_date=None,
         to_date=None,
-        training_prices_per_million_tokens=settings.training_prices_per_million_tokens,
+        settings=settings,
     )
     context = {
         "item": item,
         "report": report,
         "agents": _agents(session, org),
-        "can_try": item.model.provider == LOCAL_PROVIDER and bool(item.agents),
+        "served_here": served_here,
+        "can_try": served_here and bool(item.agents),
         "usage_series": [
             {
                 "date": day.date.isoformat(),

@@ -18,13 +18,13 @@ from tuneforge.datasets.tables import DatasetStatus, FineTuningDataset
 from tuneforge.db.session import SessionDep, SettingsDep
 from tuneforge.errors import InvalidInput, TuneForgeError
 from tuneforge.jobs import service as jobs_service
-from tuneforge.jobs.hyperparameters import (
+from tuneforge.jobs.schemas import EstimateRequest, JobCreate
+from tuneforge.providers.catalog import find_base_model, list_base_models
+from tuneforge.providers.contract import (
     Hyperparameters,
     RequestedHyperparameters,
     resolve_hyperparameters,
 )
-from tuneforge.jobs.schemas import EstimateRequest, JobCreate
-from tuneforge.providers.catalog import find_base_model, list_base_models
 from tuneforge.providers.registry import provider_names
 from tuneforge.web.deps import FormDep, WebPrincipal, field_errors
 from tuneforge.web.templating import render

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tuneforge.config import get_settings
-from tuneforge.providers.local.cli import models_app
+from tuneforge.store.cli import models_app
 
 
 @pytest.fixture

@@ -27,23 +27,17 @@ from transformers import (
     TextIteratorStreamer,
 )
 
-from tuneforge.errors import ServiceUnavailable
-from tuneforge.providers.local.generation import (
+from tuneforge.inference.generation import (
     ChatMessages,
     Completion,
     CompletionStream,
     SamplingParams,
     generate_reply,
 )
-from tuneforge.providers.local.store import MODEL_LOAD_LOCK
+from tuneforge.providers.contract import ModelUnavailable
+from tuneforge.store.base_models import MODEL_LOAD_LOCK
 
 logger = logging.getLogger(__name__)
-
-
-class ModelUnavailable(ServiceUnavailable):
-    """The model exists but cannot be served here: files missing, unreadable or incomplete."""
-
-    error = "model_unavailable"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from tuneforge.config import get_settings
 from tuneforge.errors import TuneForgeError
-from tuneforge.providers.local.store import (
+from tuneforge.store.base_models import (
     BUILTIN_MODELS,
     DEFAULT_MODEL,
     list_store_models,

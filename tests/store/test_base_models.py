@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from tuneforge.config import Settings
 from tuneforge.errors import Conflict, InvalidInput, NotFound
-from tuneforge.providers.local.store import (
+from tuneforge.store.base_models import (
     find_model_dir,
     list_store_models,
     pull_builtin_model,

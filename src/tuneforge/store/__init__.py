@@ -1,0 +1,1 @@
+"""The base-model store: models pulled, registered and converted on this machine."""
