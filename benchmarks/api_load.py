@@ -62,14 +62,14 @@ from tuneforge.auth.security import (
     hash_password,
     issue_access_token,
 )
-from tuneforge.auth.tables import ApiKey, Membership, Organization, Role, User
-from tuneforge.datasets.tables import DatasetFormat, DatasetStatus, FineTuningDataset
 from tuneforge.db.base import new_id, utcnow
 from tuneforge.db.engine import make_engine
 from tuneforge.db.migrate import upgrade_to_head
+from tuneforge.db.tables.auth import ApiKey, Membership, Organization, Role, User
+from tuneforge.db.tables.datasets import DatasetFormat, DatasetStatus, FineTuningDataset
+from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobMetric, JobStatus
+from tuneforge.db.tables.models import FineTunedModel
 from tuneforge.jobs.states import TERMINAL_STATUSES
-from tuneforge.jobs.tables import FineTuningEvent, FineTuningJob, JobMetric, JobStatus
-from tuneforge.models.tables import FineTunedModel
 
 S = JobStatus
 JWT_SECRET = "api-load-benchmark-signing-key-long-enough-for-hs256"

@@ -8,10 +8,10 @@ from sqlalchemy.orm import Session
 
 from tests.fixtures.api import Account
 from tests.fixtures.factories import Factories
-from tuneforge.agents.tables import Agent
-from tuneforge.datasets.tables import DatasetFormat, FineTuningDataset
-from tuneforge.jobs.tables import FineTuningJob
-from tuneforge.models.tables import FineTunedModel, ModelStatus
+from tuneforge.db.tables.agents import Agent
+from tuneforge.db.tables.datasets import DatasetFormat, FineTuningDataset
+from tuneforge.db.tables.jobs import FineTuningJob
+from tuneforge.db.tables.models import FineTunedModel, ModelStatus
 
 
 def create_agent(client: TestClient, account: Account, **fields: Any) -> dict[str, Any]:

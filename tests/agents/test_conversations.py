@@ -16,7 +16,7 @@ from tuneforge.agents.service import (
     count_conversations_for_import,
     iter_conversations_for_import,
 )
-from tuneforge.agents.tables import Conversation
+from tuneforge.db.tables.agents import Conversation
 from tuneforge.errors import InvalidInput, NotFound
 
 USER_ASSISTANT = [

@@ -17,8 +17,8 @@ from tests.fixtures.api import Account, register
 from tuneforge.app import create_app
 from tuneforge.auth.cache import credential_key
 from tuneforge.auth.service import LAST_USED_RESOLUTION
-from tuneforge.auth.tables import ApiKey, Membership, User
 from tuneforge.config import Settings
+from tuneforge.db.tables.auth import ApiKey, Membership, User
 
 
 def test_register_returns_a_token_that_identifies_the_user(

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from tuneforge.auth.cache import PrincipalCache
 from tuneforge.auth.service import CallingOrganization, CallingUser, Principal
-from tuneforge.auth.tables import Role
+from tuneforge.db.tables.auth import Role
 
 
 def principal(expires_at: datetime | None = None) -> Principal:

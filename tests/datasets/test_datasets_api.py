@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 from tests.fixtures.api import Account
 from tests.fixtures.files import Upload, chat, jsonl, valid_jsonl
 from tuneforge.datasets.service import require_valid_dataset
-from tuneforge.datasets.tables import FineTuningDataset, TrainingExample
 from tuneforge.datasets.validation import default_epochs
+from tuneforge.db.tables.datasets import FineTuningDataset, TrainingExample
 from tuneforge.errors import InvalidInput, NotFound
 
 BASE = "/fine-tuning/datasets"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tuneforge.datasets.parsing import RawExample, detect_format, read_examples
-from tuneforge.datasets.tables import DatasetFormat
+from tuneforge.db.tables.datasets import DatasetFormat
 from tuneforge.errors import InvalidInput, UnsupportedMediaType
 
 EXAMPLE = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}

@@ -21,7 +21,7 @@ from tests.fixtures.api import Account
 from tests.fixtures.files import Upload, chat, jsonl, uploaded_files, valid_jsonl
 from tuneforge.config import Settings
 from tuneforge.datasets import repository
-from tuneforge.datasets.tables import FineTuningDataset, TrainingExample
+from tuneforge.db.tables.datasets import FineTuningDataset, TrainingExample
 
 
 def _csv(header: list[str], *rows: list[str]) -> bytes:

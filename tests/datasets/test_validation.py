@@ -10,7 +10,6 @@ import pytest
 
 from tuneforge.datasets.checks import validate_chat_example
 from tuneforge.datasets.parsing import RawExample, read_examples
-from tuneforge.datasets.tables import DatasetFormat
 from tuneforge.datasets.tokens import BpeTokenCounter
 from tuneforge.datasets.validation import (
     MAX_WARNING_SAMPLES,
@@ -18,6 +17,7 @@ from tuneforge.datasets.validation import (
     ValidationReport,
     default_epochs,
 )
+from tuneforge.db.tables.datasets import DatasetFormat
 from tuneforge.providers.contract import BaseModelInfo
 
 MODEL = BaseModelInfo("test-model", "openai", 65_536, "o200k_base")

@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session
 from tests.fixtures.api import Account
 from tests.fixtures.factories import Factories
 from tests.fixtures.tiny_model import TINY_BASE_MODEL
-from tuneforge.agents.tables import Agent
 from tuneforge.config import Settings
+from tuneforge.db.tables.agents import Agent
+from tuneforge.db.tables.models import FineTunedModel, ModelStatus, ModelUsage
 from tuneforge.inference import engine
-from tuneforge.models.tables import FineTunedModel, ModelStatus, ModelUsage
 from tuneforge.providers.local.jobdir import JobSpec, job_paths, write_spec
 
 pytestmark = pytest.mark.usefixtures("installed_tiny_model")

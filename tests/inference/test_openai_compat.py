@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from tests.fixtures.api import Account, RegisterAccount
 from tests.fixtures.factories import Factories
 from tests.fixtures.tiny_model import TINY_BASE_MODEL
-from tuneforge.models.tables import FineTunedModel, ModelStatus, ModelUsage
+from tuneforge.db.tables.models import FineTunedModel, ModelStatus, ModelUsage
 
 pytestmark = pytest.mark.usefixtures("installed_tiny_model")
 

@@ -15,9 +15,9 @@ from tests.fixtures.files import Upload, chat, jsonl, valid_jsonl
 from tests.fixtures.tiny_model import TINY_BASE_MODEL
 from tuneforge.app import create_app
 from tuneforge.config import Settings
-from tuneforge.datasets.tables import DatasetStatus
+from tuneforge.db.tables.datasets import DatasetStatus
+from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobStatus
 from tuneforge.jobs import service
-from tuneforge.jobs.tables import FineTuningEvent, FineTuningJob, JobStatus
 
 MODEL = "gpt-4o-mini-2024-07-18"
 

@@ -21,9 +21,9 @@ from tuneforge.api_client import parse_server_sent_events
 from tuneforge.cli import app as cli_app
 from tuneforge.config import Settings
 from tuneforge.db.engine import unit_of_work
+from tuneforge.db.tables.jobs import FineTuningJob, JobMetric, JobStatus
 from tuneforge.jobs import service
 from tuneforge.jobs.states import JobUpdate, transition_job
-from tuneforge.jobs.tables import FineTuningJob, JobMetric, JobStatus
 
 S = JobStatus
 MODEL = "gpt-4o-mini-2024-07-18"

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.worker import make_dataset, make_organization, queue_job
 from tuneforge.db.base import utcnow
 from tuneforge.db.engine import make_engine, make_session_factory, unit_of_work
+from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobStatus
 from tuneforge.errors import NotFound
 from tuneforge.jobs.states import (
     ACTIVE_STATUSES,
@@ -23,7 +24,6 @@ from tuneforge.jobs.states import (
     can_transition,
     transition_job,
 )
-from tuneforge.jobs.tables import FineTuningEvent, FineTuningJob, JobStatus
 
 Factory = sessionmaker[Session]
 PAIRS = [(current, target) for current in JobStatus for target in JobStatus]

@@ -17,9 +17,9 @@ from tests.fixtures.api import Account
 from tests.fixtures.factories import Factories
 from tuneforge.config import Settings
 from tuneforge.db.engine import unit_of_work
+from tuneforge.db.tables.jobs import JobCheckpoint, JobMetric, JobStatus
 from tuneforge.jobs import service
 from tuneforge.jobs.states import JobUpdate, transition_job
-from tuneforge.jobs.tables import JobCheckpoint, JobMetric, JobStatus
 
 S = JobStatus
 

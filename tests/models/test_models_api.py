@@ -12,12 +12,12 @@ from sqlalchemy.orm import Session
 
 from tests.fixtures.api import Account
 from tests.fixtures.factories import Factories
-from tuneforge.agents.tables import Agent
+from tuneforge.db.tables.agents import Agent
+from tuneforge.db.tables.jobs import FineTuningJob, JobStatus
+from tuneforge.db.tables.models import FineTunedModel, ModelStatus
 from tuneforge.errors import Conflict
-from tuneforge.jobs.tables import FineTuningJob, JobStatus
 from tuneforge.models import repository
 from tuneforge.models.service import create_model_from_job
-from tuneforge.models.tables import FineTunedModel, ModelStatus
 
 MODELS = "/fine-tuning/models"
 
@@ -81,7 +81,9 @@ def test_create_model_from_job_returns_the_row_a_concurrent_worker_inserted(
     monkeypatch.setattr(repository, "find_model_for_job", find_after_the_race)
     with app.state.session_factory() as session:
         # Work this transaction did before must survive the lost race.
-        session.add(Agent(organization_id=account.organization_id, name="kept", model="m"))
+        session.add(
+            Agent(organization_id=account.organization_id, name="kept", model="m", provider="local")
+        )
         session.flush()
         model = create_model_from_job(session, session.get_one(FineTuningJob, job.id))
         session.commit()

@@ -6,9 +6,9 @@ from fastapi.testclient import TestClient
 
 from tests.fixtures.api import Account
 from tests.fixtures.factories import Factories
-from tuneforge.datasets.tables import DatasetStatus
-from tuneforge.jobs.tables import JobStatus
-from tuneforge.models.tables import ModelStatus
+from tuneforge.db.tables.datasets import DatasetStatus
+from tuneforge.db.tables.jobs import JobStatus
+from tuneforge.db.tables.models import ModelStatus
 
 STATS = "/fine-tuning/stats"
 

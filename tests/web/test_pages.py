@@ -12,9 +12,9 @@ from tests.fixtures.api import Account
 from tests.fixtures.factories import Factories
 from tests.fixtures.files import Upload, chat, jsonl, valid_jsonl
 from tests.web.conftest import DashboardClient, sign_in
-from tuneforge.datasets.tables import FineTuningDataset
-from tuneforge.jobs.tables import FineTuningJob, JobStatus
-from tuneforge.models.tables import FineTunedModel, ModelStatus
+from tuneforge.db.tables.datasets import FineTuningDataset
+from tuneforge.db.tables.jobs import FineTuningJob, JobStatus
+from tuneforge.db.tables.models import FineTunedModel, ModelStatus
 
 MODEL = "gpt-4o-mini-2024-07-18"
 

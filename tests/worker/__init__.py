@@ -11,16 +11,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from tuneforge.auth.tables import Organization
-from tuneforge.datasets.tables import (
+from tuneforge.db.base import utcnow
+from tuneforge.db.tables.auth import Organization
+from tuneforge.db.tables.datasets import (
     DatasetFormat,
     DatasetStatus,
     ExampleSplit,
     FineTuningDataset,
     TrainingExample,
 )
-from tuneforge.db.base import utcnow
-from tuneforge.jobs.tables import FineTuningJob, JobStatus
+from tuneforge.db.tables.jobs import FineTuningJob, JobStatus
 
 OPENAI_BASE_MODEL = "gpt-4o-mini-2024-07-18"
 _counter = itertools.count(1)

@@ -28,8 +28,8 @@ from tests.worker import make_dataset, make_organization, queue_job
 from tuneforge.config import Settings
 from tuneforge.db.base import utcnow
 from tuneforge.db.engine import make_engine, make_session_factory
-from tuneforge.jobs.tables import FineTuningEvent, FineTuningJob, JobMetric, JobStatus
-from tuneforge.models.tables import FineTunedModel
+from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobMetric, JobStatus
+from tuneforge.db.tables.models import FineTunedModel
 from tuneforge.providers.local.jobdir import checkpoint_dirs, job_paths, read_status
 from tuneforge.store.base_models import register_local_model
 from tuneforge.worker.loop import Worker

@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.fakes.openai_server import FakeOpenAI
 from tests.worker import make_dataset, make_organization, queue_job
 from tuneforge.db.engine import make_engine, make_session_factory
+from tuneforge.db.tables.jobs import FineTuningJob, JobStatus
+from tuneforge.db.tables.models import FineTunedModel
 from tuneforge.jobs.states import TERMINAL_STATUSES
-from tuneforge.jobs.tables import FineTuningJob, JobStatus
-from tuneforge.models.tables import FineTunedModel
 
 Factory = sessionmaker[Session]
 TUNEFORGE = Path(sys.executable).with_name("tuneforge")

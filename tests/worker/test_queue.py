@@ -17,8 +17,8 @@ from tests.worker import make_dataset, make_organization, queue_job
 from tuneforge.config import Settings
 from tuneforge.db.base import utcnow
 from tuneforge.db.engine import make_engine, make_session_factory, unit_of_work
-from tuneforge.jobs.tables import FineTuningEvent, FineTuningJob, JobStatus
-from tuneforge.models.tables import FineTunedModel
+from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobStatus
+from tuneforge.db.tables.models import FineTunedModel
 from tuneforge.providers.contract import (
     BaseModelInfo,
     ProviderCheckpoint,

@@ -18,18 +18,18 @@ from tests.worker import OPENAI_BASE_MODEL, chat, make_dataset, make_organizatio
 from tuneforge.app import create_app
 from tuneforge.config import Settings
 from tuneforge.datasets.export import export_job_files, iter_example_lines
-from tuneforge.datasets.tables import ExampleSplit, TrainingExample
 from tuneforge.db.base import utcnow
 from tuneforge.db.engine import make_engine, make_session_factory, unit_of_work
-from tuneforge.jobs.states import TERMINAL_STATUSES, transition_job
-from tuneforge.jobs.tables import (
+from tuneforge.db.tables.datasets import ExampleSplit, TrainingExample
+from tuneforge.db.tables.jobs import (
     FineTuningEvent,
     FineTuningJob,
     JobCheckpoint,
     JobMetric,
     JobStatus,
 )
-from tuneforge.models.tables import FineTunedModel
+from tuneforge.db.tables.models import FineTunedModel
+from tuneforge.jobs.states import TERMINAL_STATUSES, transition_job
 from tuneforge.providers.contract import (
     ProviderJobRequest,
 )

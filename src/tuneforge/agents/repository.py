@@ -10,9 +10,9 @@ from typing import Any
 from sqlalchemy import Select, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from tuneforge.agents.tables import Agent, Conversation, ConversationMessage, ConversationTag
 from tuneforge.db.scoping import org_scoped
-from tuneforge.models.tables import FineTunedModel
+from tuneforge.db.tables.agents import Agent, Conversation, ConversationMessage, ConversationTag
+from tuneforge.db.tables.models import FineTunedModel
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from tuneforge.agents.tables import Conversation, ConversationMessage
+from tuneforge.db.tables.agents import Conversation, ConversationMessage
 
 MAX_TAGS = 20
 MAX_MESSAGES = 10_000

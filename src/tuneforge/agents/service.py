@@ -17,11 +17,11 @@ from tuneforge.agents.schemas import (
     as_utc,
     normalize_tags,
 )
-from tuneforge.agents.tables import Agent, Conversation, ConversationMessage, ConversationTag
 from tuneforge.db.base import utcnow
 from tuneforge.db.scoping import get_owned
+from tuneforge.db.tables.agents import Agent, Conversation, ConversationMessage, ConversationTag
+from tuneforge.db.tables.models import FineTunedModel, ModelStatus
 from tuneforge.errors import Conflict, InvalidInput, NotFound
-from tuneforge.models.tables import FineTunedModel, ModelStatus
 from tuneforge.providers.catalog import DEFAULT_PROVIDER
 
 

@@ -5,7 +5,7 @@ from typing import NamedTuple
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from tuneforge.auth.tables import ApiKey, Membership, Organization, Role, User
+from tuneforge.db.tables.auth import ApiKey, Membership, Organization, Role, User
 
 
 class Access(NamedTuple):

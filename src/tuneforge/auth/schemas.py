@@ -4,7 +4,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
-from tuneforge.auth.tables import Role
+from tuneforge.db.tables.auth import Role
 
 
 class RegisterRequest(BaseModel):

@@ -19,10 +19,10 @@ from tuneforge.auth.security import (
     issue_access_token,
     verify_password,
 )
-from tuneforge.auth.tables import ApiKey, Membership, Organization, Role, User
 from tuneforge.config import Settings
 from tuneforge.db.base import utcnow
 from tuneforge.db.scoping import get_owned
+from tuneforge.db.tables.auth import ApiKey, Membership, Organization, Role, User
 from tuneforge.errors import Conflict, Unauthorized
 
 # Writing last_used_at on every call would make each read a write that row-locks the key.

@@ -25,8 +25,8 @@ from tuneforge.datasets.schemas import (
     SplitRequest,
     ValidateRequest,
 )
-from tuneforge.datasets.tables import DatasetFormat, DatasetStatus, ExampleSplit
 from tuneforge.db.session import SessionDep, SettingsDep, request_unit_of_work
+from tuneforge.db.tables.datasets import DatasetFormat, DatasetStatus, ExampleSplit
 from tuneforge.errors import (
     InvalidInput,
     NotFound,

@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, Row, select, tuple_
 from sqlalchemy.orm import Session
 
-from tuneforge.datasets.tables import ExampleSplit, TrainingExample
+from tuneforge.db.tables.datasets import ExampleSplit, TrainingExample
+from tuneforge.db.tables.jobs import FineTuningJob
 from tuneforge.errors import InvalidInput
-from tuneforge.jobs.tables import FineTuningJob
 
 PAGE_SIZE = 1000
 

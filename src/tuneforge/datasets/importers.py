@@ -12,14 +12,14 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session
 
 from tuneforge.agents import service as agents_service
-from tuneforge.agents.tables import Agent, Conversation, ConversationMessage
 from tuneforge.auth.service import Principal
 from tuneforge.config import Settings
 from tuneforge.datasets import repository, service
 from tuneforge.datasets.parsing import RawExample
 from tuneforge.datasets.schemas import ImportFilter, ImportRequest
-from tuneforge.datasets.tables import DatasetFormat, DatasetStatus, FineTuningDataset
 from tuneforge.db.scoping import get_owned
+from tuneforge.db.tables.agents import Agent, Conversation, ConversationMessage
+from tuneforge.db.tables.datasets import DatasetFormat, DatasetStatus, FineTuningDataset
 from tuneforge.errors import InvalidInput
 from tuneforge.providers.catalog import DEFAULT_VALIDATION_MODEL
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from tuneforge.datasets.tables import DatasetFormat
+from tuneforge.db.tables.datasets import DatasetFormat
 from tuneforge.errors import InvalidInput, UnsupportedMediaType
 
 _EXTENSIONS = {

@@ -8,14 +8,14 @@ from typing import Any
 from sqlalchemy import Row, Select, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from tuneforge.datasets.tables import (
+from tuneforge.db.scoping import get_owned, org_scoped
+from tuneforge.db.tables.datasets import (
     DatasetFormat,
     DatasetStatus,
     ExampleSplit,
     FineTuningDataset,
     TrainingExample,
 )
-from tuneforge.db.scoping import get_owned, org_scoped
 from tuneforge.errors import NotFound
 
 # Columns re-validation reads; selecting columns, not entities, keeps the identity map empty.

@@ -16,7 +16,7 @@ from pydantic import (
 )
 
 from tuneforge.agents.schemas import Rating, TagList, UTCDatetime
-from tuneforge.datasets.tables import (
+from tuneforge.db.tables.datasets import (
     DatasetFormat,
     DatasetStatus,
     ExampleSplit,

@@ -28,16 +28,16 @@ from tuneforge.datasets.schemas import (
     ExampleUpdate,
     SplitRequest,
 )
-from tuneforge.datasets.tables import (
+from tuneforge.datasets.tokens import token_counter_for
+from tuneforge.datasets.validation import ExampleResult, ReportBuilder
+from tuneforge.db.base import utcnow
+from tuneforge.db.tables.datasets import (
     DatasetFormat,
     DatasetStatus,
     ExampleSplit,
     FineTuningDataset,
     TrainingExample,
 )
-from tuneforge.datasets.tokens import token_counter_for
-from tuneforge.datasets.validation import ExampleResult, ReportBuilder
-from tuneforge.db.base import utcnow
 from tuneforge.errors import InvalidInput
 from tuneforge.providers.catalog import (
     DEFAULT_VALIDATION_MODEL,

@@ -19,8 +19,8 @@ from pydantic import BaseModel
 
 from tuneforge.datasets.checks import Issue, make_issue, validate_chat_example
 from tuneforge.datasets.parsing import RawExample
-from tuneforge.datasets.tables import ExampleSplit
 from tuneforge.datasets.tokens import TokenCounter, count_chat_tokens
+from tuneforge.db.tables.datasets import ExampleSplit
 from tuneforge.providers.catalog import training_cost_usd
 from tuneforge.providers.contract import BaseModelInfo, default_epochs
 

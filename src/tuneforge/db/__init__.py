@@ -1,1 +1,1 @@
-"""Database layer; importing ``tuneforge.db.tables`` registers every table on the metadata."""
+"""Database layer: the schema (``db.tables``, every domain's tables), engine, sessions, scoping."""

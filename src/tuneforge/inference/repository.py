@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from tuneforge.agents.tables import ConversationMessage
 from tuneforge.db.scoping import org_scoped
-from tuneforge.models.tables import FineTunedModel, ModelStatus
+from tuneforge.db.tables.agents import ConversationMessage
+from tuneforge.db.tables.models import FineTunedModel, ModelStatus
 
 
 def find_models_by_reference(

@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 
 from tuneforge.agents import service as agents_service
 from tuneforge.agents.schemas import ConversationCreate, MessageIn, MessageRole
-from tuneforge.agents.tables import Conversation, ConversationMessage
 from tuneforge.db.base import utcnow
 from tuneforge.db.engine import unit_of_work
 from tuneforge.db.scoping import get_owned
+from tuneforge.db.tables.agents import Conversation, ConversationMessage
 from tuneforge.errors import NotFound
 from tuneforge.inference import repository
 from tuneforge.inference.calls import (

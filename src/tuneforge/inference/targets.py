@@ -11,13 +11,13 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from tuneforge.agents.tables import Agent
 from tuneforge.config import Settings
+from tuneforge.db.tables.agents import Agent
+from tuneforge.db.tables.models import FineTunedModel, ModelStatus
 from tuneforge.errors import Conflict, InvalidInput, NotFound
 from tuneforge.inference import repository
 from tuneforge.inference.engine import ModelSource
 from tuneforge.inference.schemas import ModelCard
-from tuneforge.models.tables import FineTunedModel, ModelStatus
 from tuneforge.providers.catalog import find_base_model, list_base_models
 from tuneforge.providers.contract import ModelUnavailable
 from tuneforge.providers.registry import get_provider, providers_serving_here

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tuneforge.auth.deps import PrincipalDep
 from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.tables.jobs import JobStatus
 from tuneforge.errors import Conflict, InvalidInput, NotFound, Unauthorized, error_responses
 from tuneforge.jobs import service
 from tuneforge.jobs.repository import JobFilter
@@ -34,7 +35,6 @@ from tuneforge.jobs.schemas import (
     MetricPage,
     MetricPoint,
 )
-from tuneforge.jobs.tables import JobStatus
 
 router = APIRouter(prefix="/fine-tuning/jobs", tags=["jobs"])
 

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tuneforge.db.base import utcnow
+from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobCheckpoint, JobMetric
 from tuneforge.jobs.states import JobUpdate, transition_job
-from tuneforge.jobs.tables import FineTuningEvent, FineTuningJob, JobCheckpoint, JobMetric
 from tuneforge.providers.contract import (
     ProviderCheckpoint,
     ProviderEvent,

@@ -15,16 +15,16 @@ from typing import Any, NamedTuple
 from sqlalchemy import Integer, Select, bindparam, func, select
 from sqlalchemy.orm import Session, defer
 
-from tuneforge.datasets.tables import FineTuningDataset
 from tuneforge.db.scoping import org_scoped
-from tuneforge.jobs.tables import (
+from tuneforge.db.tables.datasets import FineTuningDataset
+from tuneforge.db.tables.jobs import (
     FineTuningEvent,
     FineTuningJob,
     JobCheckpoint,
     JobMetric,
     JobStatus,
 )
-from tuneforge.models.tables import FineTunedModel
+from tuneforge.db.tables.models import FineTunedModel
 
 
 @dataclass(frozen=True)

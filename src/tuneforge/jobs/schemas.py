@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from tuneforge.agents.schemas import ProviderName
-from tuneforge.jobs.tables import (
+from tuneforge.db.tables.jobs import (
     FineTuningEvent,
     JobCheckpoint,
     JobMetric,

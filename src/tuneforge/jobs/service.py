@@ -23,6 +23,13 @@ from tuneforge.datasets.validation import ValidationReport
 from tuneforge.db.base import utcnow
 from tuneforge.db.engine import unit_of_work
 from tuneforge.db.scoping import get_owned
+from tuneforge.db.tables.jobs import (
+    FineTuningEvent,
+    FineTuningJob,
+    JobCheckpoint,
+    JobMetric,
+    JobStatus,
+)
 from tuneforge.errors import Conflict, InvalidInput, NotFound
 from tuneforge.jobs import repository
 from tuneforge.jobs.repository import JobFilter
@@ -35,13 +42,6 @@ from tuneforge.jobs.schemas import (
     MetricPoint,
 )
 from tuneforge.jobs.states import TERMINAL_STATUSES, JobUpdate, transition_job
-from tuneforge.jobs.tables import (
-    FineTuningEvent,
-    FineTuningJob,
-    JobCheckpoint,
-    JobMetric,
-    JobStatus,
-)
 from tuneforge.providers.catalog import (
     find_base_model,
     training_cost_usd,

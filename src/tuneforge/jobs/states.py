@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from tuneforge.db.base import utcnow
+from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobStatus
 from tuneforge.errors import Conflict, NotFound
-from tuneforge.jobs.tables import FineTuningEvent, FineTuningJob, JobStatus
 
 S = JobStatus
 

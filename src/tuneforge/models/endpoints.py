@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query
 
 from tuneforge.auth.deps import PrincipalDep
 from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.tables.models import ModelStatus
 from tuneforge.errors import Conflict, InvalidInput, NotFound, Unauthorized, error_responses
 from tuneforge.models import service, usage
 from tuneforge.models.schemas import (
@@ -22,7 +23,6 @@ from tuneforge.models.schemas import (
 )
 from tuneforge.models.service import ModelWithAgents
 from tuneforge.models.stats import fine_tuning_stats
-from tuneforge.models.tables import ModelStatus
 
 router = APIRouter(prefix="/fine-tuning/models", tags=["models"])
 stats_router = APIRouter(prefix="/fine-tuning", tags=["stats"])

@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
-from tuneforge.agents.tables import Agent
 from tuneforge.db.scoping import get_owned, org_scoped
-from tuneforge.models.tables import FineTunedModel, ModelStatus, ModelUsage
+from tuneforge.db.tables.agents import Agent
+from tuneforge.db.tables.models import FineTunedModel, ModelStatus, ModelUsage
 
 
 class utc_day(FunctionElement[date]):  # noqa: N801 - named like the SQL functions it stands for

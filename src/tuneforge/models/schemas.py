@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tuneforge.models.tables import ModelStatus
+from tuneforge.db.tables.models import ModelStatus
 
 
 class AgentRef(BaseModel):

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from tuneforge.agents.tables import Agent
 from tuneforge.db.base import utcnow
 from tuneforge.db.scoping import get_owned
+from tuneforge.db.tables.agents import Agent
+from tuneforge.db.tables.jobs import FineTuningJob, JobStatus
+from tuneforge.db.tables.models import FineTunedModel, ModelStatus
 from tuneforge.errors import Conflict
-from tuneforge.jobs.tables import FineTuningJob, JobStatus
 from tuneforge.models import repository
 from tuneforge.models.schemas import ModelUpdate
-from tuneforge.models.tables import FineTunedModel, ModelStatus
 
 
 @dataclass(frozen=True)

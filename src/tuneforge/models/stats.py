@@ -15,13 +15,13 @@ from sqlalchemy import Select, case, distinct, func, select, true
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import ColumnElement
 
-from tuneforge.agents.tables import Agent
-from tuneforge.datasets.tables import DatasetStatus, FineTuningDataset
 from tuneforge.db.base import utcnow
 from tuneforge.db.scoping import org_scoped
-from tuneforge.jobs.tables import FineTuningJob, JobStatus
+from tuneforge.db.tables.agents import Agent
+from tuneforge.db.tables.datasets import DatasetStatus, FineTuningDataset
+from tuneforge.db.tables.jobs import FineTuningJob, JobStatus
+from tuneforge.db.tables.models import FineTunedModel, ModelStatus, ModelUsage
 from tuneforge.models.schemas import CountsByStatus, FineTuningStats, ModelCounts, MonthUsage
-from tuneforge.models.tables import FineTunedModel, ModelStatus, ModelUsage
 
 
 def fine_tuning_stats(

@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 
 from tuneforge.config import Settings
 from tuneforge.db.base import utcnow
+from tuneforge.db.tables.models import FineTunedModel, ModelUsage
 from tuneforge.errors import InvalidInput
 from tuneforge.models import repository
 from tuneforge.models.repository import DailyUsage
 from tuneforge.models.schemas import ModelUsageReport, UsageCost, UsageDay, UsageTotals
-from tuneforge.models.tables import FineTunedModel, ModelUsage
 from tuneforge.providers.catalog import training_cost_usd, training_price_per_million
 from tuneforge.providers.registry import get_provider
 

@@ -18,12 +18,11 @@ from types import TracebackType
 
 from sqlalchemy.orm import Session, sessionmaker
 
-import tuneforge.db.tables  # noqa: F401 - a standalone worker must map every FK target table
 from tuneforge.config import Settings
 from tuneforge.db.base import utcnow
 from tuneforge.db.engine import unit_of_work
+from tuneforge.db.tables.jobs import FineTuningJob
 from tuneforge.errors import NotFound
-from tuneforge.jobs.tables import FineTuningJob
 from tuneforge.worker.queue import claim_job, claim_next_job, heartbeat, release, request_run_now
 from tuneforge.worker.runner import JobRunner, LeaseLost, StepResult, WorkerConfig
 

@@ -23,8 +23,8 @@ from sqlalchemy import ColumnElement, Update, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from tuneforge.db.base import utcnow
+from tuneforge.db.tables.jobs import FineTuningJob
 from tuneforge.jobs.states import ACTIVE_STATUSES
-from tuneforge.jobs.tables import FineTuningJob
 
 Job = FineTuningJob
 

@@ -25,6 +25,7 @@ from tuneforge.config import Settings
 from tuneforge.datasets.export import export_job_files
 from tuneforge.db.base import utcnow
 from tuneforge.db.engine import unit_of_work
+from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobStatus
 from tuneforge.errors import TuneForgeError
 from tuneforge.jobs.progress import (
     latest_provider_event_id,
@@ -40,7 +41,6 @@ from tuneforge.jobs.states import (
     lock_job,
     transition_job,
 )
-from tuneforge.jobs.tables import FineTuningEvent, FineTuningJob, JobStatus
 from tuneforge.models.service import create_model_from_job
 from tuneforge.providers.contract import (
     FineTuningProvider,

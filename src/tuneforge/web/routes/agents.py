@@ -17,8 +17,8 @@ from tuneforge.agents.schemas import AgentCreate
 from tuneforge.auth.service import Principal
 from tuneforge.config import Settings
 from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.tables.models import ModelStatus
 from tuneforge.models import service as models_service
-from tuneforge.models.tables import ModelStatus
 from tuneforge.providers.catalog import list_base_models
 from tuneforge.web.deps import FormDep, WebPrincipal, field_errors
 from tuneforge.web.templating import render

@@ -13,8 +13,8 @@ from tuneforge.agents import service as agents_service
 from tuneforge.datasets import importers
 from tuneforge.datasets import service as datasets_service
 from tuneforge.datasets.schemas import ImportFilter, ImportRequest
-from tuneforge.datasets.tables import DatasetStatus, ExampleSplit
 from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.tables.datasets import DatasetStatus, ExampleSplit
 from tuneforge.errors import InvalidInput
 from tuneforge.providers.catalog import DEFAULT_VALIDATION_MODEL, list_base_models
 from tuneforge.web.deps import FormDep, WebPrincipal, action_done, choice, parse_form

@@ -9,13 +9,13 @@ from fastapi.responses import Response
 
 from tuneforge.auth.service import Principal
 from tuneforge.datasets import service as datasets_service
-from tuneforge.datasets.tables import FineTuningDataset
 from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.tables.datasets import FineTuningDataset
+from tuneforge.db.tables.jobs import JobStatus
 from tuneforge.errors import NotFound
 from tuneforge.jobs import service as jobs_service
 from tuneforge.jobs.repository import JobFilter
 from tuneforge.jobs.states import ACTIVE_STATUSES
-from tuneforge.jobs.tables import JobStatus
 from tuneforge.providers.registry import provider_names
 from tuneforge.web.deps import WebPrincipal, action_done, choice
 from tuneforge.web.templating import render

@@ -9,13 +9,13 @@ from fastapi.responses import Response
 
 from tuneforge.agents import service as agents_service
 from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.tables.models import ModelStatus
 from tuneforge.errors import InvalidInput
 from tuneforge.inference import service as inference_service
 from tuneforge.inference.endpoints import get_runtime
 from tuneforge.inference.schemas import AgentChatRequest
 from tuneforge.models import service as models_service
 from tuneforge.models import usage
-from tuneforge.models.tables import ModelStatus
 from tuneforge.providers.registry import get_provider
 from tuneforge.web.deps import WebPrincipal, action_done, choice, parse_form, safe_next
 from tuneforge.web.templating import render

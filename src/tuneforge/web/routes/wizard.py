@@ -14,8 +14,8 @@ from starlette.datastructures import FormData
 from tuneforge.auth.service import Principal
 from tuneforge.config import Settings
 from tuneforge.datasets import service as datasets_service
-from tuneforge.datasets.tables import DatasetStatus, FineTuningDataset
 from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.tables.datasets import DatasetStatus, FineTuningDataset
 from tuneforge.errors import InvalidInput, TuneForgeError
 from tuneforge.jobs import service as jobs_service
 from tuneforge.jobs.schemas import EstimateRequest, JobCreate

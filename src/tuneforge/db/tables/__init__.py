@@ -1,11 +1,11 @@
 """Every table, imported in one place so metadata (and Alembic) sees the whole schema."""
 
-from tuneforge.agents.tables import Agent, Conversation, ConversationMessage, ConversationTag
-from tuneforge.auth.tables import ApiKey, Membership, Organization, User
-from tuneforge.datasets.tables import FineTuningDataset, TrainingExample
 from tuneforge.db.base import Base
-from tuneforge.jobs.tables import FineTuningEvent, FineTuningJob, JobCheckpoint, JobMetric
-from tuneforge.models.tables import FineTunedModel, ModelUsage
+from tuneforge.db.tables.agents import Agent, Conversation, ConversationMessage, ConversationTag
+from tuneforge.db.tables.auth import ApiKey, Membership, Organization, User
+from tuneforge.db.tables.datasets import FineTuningDataset, TrainingExample
+from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobCheckpoint, JobMetric
+from tuneforge.db.tables.models import FineTunedModel, ModelUsage
 
 __all__ = [
     "Agent",

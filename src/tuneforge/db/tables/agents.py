@@ -7,7 +7,6 @@ from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from tuneforge.db.base import Base, IdMixin, JSONType, SoftDeleteMixin, utcnow
-from tuneforge.providers.catalog import DEFAULT_PROVIDER
 
 
 class Agent(IdMixin, SoftDeleteMixin, Base):
@@ -20,7 +19,7 @@ class Agent(IdMixin, SoftDeleteMixin, Base):
     description: Mapped[str | None] = mapped_column(Text, default=None)
     system_prompt: Mapped[str | None] = mapped_column(Text, default=None)
     model: Mapped[str] = mapped_column(String(200))
-    provider: Mapped[str] = mapped_column(String(50), default=DEFAULT_PROVIDER)
+    provider: Mapped[str] = mapped_column(String(50))
     fine_tuned_model_id: Mapped[str | None] = mapped_column(
         ForeignKey("fine_tuned_models.id", ondelete="SET NULL"), index=True, default=None
     )

@@ -7,7 +7,7 @@ from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tuneforge.db.base import Base, IdMixin, JSONType, SoftDeleteMixin, str_enum
-from tuneforge.jobs.tables import AutoIncrementId
+from tuneforge.db.tables.jobs import AutoIncrementId
 
 
 class ModelStatus(enum.StrEnum):
