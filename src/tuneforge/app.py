@@ -32,6 +32,7 @@ from tuneforge.providers.endpoints import router as base_models_router
 from tuneforge.web.errors import install_dashboard_error_pages
 from tuneforge.web.routes import router as web_router
 from tuneforge.web.templating import WEB_DIR
+from tuneforge.worker.endpoints import router as sync_router
 from tuneforge.worker.loop import WorkerThread
 
 
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(agent_chat_router)
     app.include_router(datasets_router)
     app.include_router(jobs_router)
+    app.include_router(sync_router)
     app.include_router(base_models_router)
     app.include_router(models_router)
     app.include_router(stats_router)

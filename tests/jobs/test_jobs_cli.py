@@ -23,7 +23,7 @@ from tuneforge.config import Settings
 from tuneforge.db.engine import unit_of_work
 from tuneforge.db.tables.jobs import FineTuningJob, JobMetric, JobStatus
 from tuneforge.jobs import service
-from tuneforge.jobs.states import JobUpdate, transition_job
+from tuneforge.jobs.states import JobUpdate, transition_job, update_job
 
 S = JobStatus
 MODEL = "gpt-4o-mini-2024-07-18"
@@ -73,7 +73,7 @@ def drive_first_job_to_success(session_factory: sessionmaker[Session]) -> None:
             transition_job(session, job_id, target)
     with unit_of_work(session_factory) as session:
         session.add(JobMetric(job_id=job_id, step=5, name="train_loss", value=0.6931))
-        transition_job(session, job_id, None, update=JobUpdate(progress_percentage=50.0))
+        update_job(session, job_id, JobUpdate(progress_percentage=50.0))
     with unit_of_work(session_factory) as session:
         transition_job(session, job_id, S.SUCCEEDED, update=JobUpdate(fine_tuned_model_name="ft:x"))
 

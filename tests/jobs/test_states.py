@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import fields
 from datetime import timedelta
 
 import pytest
@@ -23,6 +24,7 @@ from tuneforge.jobs.states import (
     _compare_and_set_status,
     can_transition,
     transition_job,
+    update_job,
 )
 
 Factory = sessionmaker[Session]
@@ -124,19 +126,18 @@ def test_transition_pair(
         assert events == []
 
 
-def test_field_update_without_status_change_writes_an_event_only_with_a_message(
+def test_a_field_update_writes_an_event_only_with_a_message(
     session_factory: Factory, job_in: Callable[[JobStatus], str]
 ) -> None:
     job_id = job_in(JobStatus.RUNNING)
 
     with unit_of_work(session_factory) as session:
-        transition_job(session, job_id, None, update=JobUpdate(latest_metrics={"train_loss": 1.0}))
-        transition_job(
+        update_job(session, job_id, JobUpdate(latest_metrics={"train_loss": 1.0}))
+        update_job(
             session,
             job_id,
-            None,
+            JobUpdate(progress_percentage=40.0, latest_metrics={"valid_loss": 2.0}),
             message="Step 20",
-            update=JobUpdate(progress_percentage=40.0, latest_metrics={"valid_loss": 2.0}),
         )
 
     job, events = stored(session_factory, job_id)
@@ -183,3 +184,15 @@ def test_a_status_changed_since_it_was_read_is_not_overwritten(
         with pytest.raises(InvalidTransition, match="concurrently"):
             _compare_and_set_status(api_session, stale, JobStatus.RUNNING, JobStatus.CANCELLING)
         assert stale.status == JobStatus.SUCCEEDED
+
+
+def test_a_field_update_cannot_change_the_status(
+    session_factory: Factory, job_in: Callable[[JobStatus], str]
+) -> None:
+    """Only the transition table moves a job: a JobUpdate has no way to name a status."""
+    assert "status" not in {f.name for f in fields(JobUpdate)}
+    job_id = job_in(JobStatus.RUNNING)
+    with unit_of_work(session_factory) as session:
+        update_job(session, job_id, JobUpdate(attempts=2, error_message="transient"))
+    job, _ = stored(session_factory, job_id)
+    assert (job.status, job.attempts) == (JobStatus.RUNNING, 2)

@@ -19,7 +19,7 @@ from tuneforge.config import Settings
 from tuneforge.db.engine import unit_of_work
 from tuneforge.db.tables.jobs import JobCheckpoint, JobMetric, JobStatus
 from tuneforge.jobs import service
-from tuneforge.jobs.states import JobUpdate, transition_job
+from tuneforge.jobs.states import JobUpdate, transition_job, update_job
 
 S = JobStatus
 
@@ -134,11 +134,10 @@ def drive_to_success(session_factory: sessionmaker[Session], job_id: str) -> Non
     for step in (1, 2):
         with unit_of_work(session_factory) as session:
             session.add(JobMetric(job_id=job_id, step=step, name="train_loss", value=2.0 / step))
-            transition_job(
+            update_job(
                 session,
                 job_id,
-                None,
-                update=JobUpdate(
+                JobUpdate(
                     progress_percentage=50.0 * step, latest_metrics={"train_loss": 2.0 / step}
                 ),
             )

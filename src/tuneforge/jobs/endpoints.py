@@ -152,25 +152,6 @@ def cancel_job(job_id: str, principal: PrincipalDep, session: SessionDep) -> Job
     return service.describe_job(session, principal.organization_id, job)
 
 
-@router.post(
-    "/{job_id}/sync",
-    summary="Poll the job's provider now instead of waiting for the next scheduled poll",
-    response_model=JobOut,
-    responses=error_responses(Unauthorized, NotFound, InvalidInput),
-)
-def sync_job(
-    job_id: str,
-    request: Request,
-    principal: PrincipalDep,
-    session: SessionDep,
-    settings: SettingsDep,
-) -> JobOut:
-    job = service.sync_job(
-        session, _session_factory(request), settings, principal.organization_id, job_id
-    )
-    return service.describe_job(session, principal.organization_id, job)
-
-
 @router.get(
     "/{job_id}/events",
     summary="List a job's events, newest first; pass the last id as `after` for older ones",

@@ -2,8 +2,8 @@
 
 Pollers see the same events and checkpoints many times, so events are deduplicated on
 their provider id and checkpoints are upserted by step; metric points are appended only
-for events seen for the first time. Every job field goes through ``transition_job`` so the
-row is locked the same way as for a status change.
+for events seen for the first time. Every job field goes through ``update_job``, which locks the
+row the same way as a status change does.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from tuneforge.db.base import utcnow
 from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobCheckpoint, JobMetric
-from tuneforge.jobs.states import JobUpdate, transition_job
+from tuneforge.jobs.states import JobUpdate, update_job
 from tuneforge.providers.contract import (
     ProviderCheckpoint,
     ProviderEvent,
@@ -87,7 +87,7 @@ def record_metrics(session: Session, job_id: str, metrics: Sequence[ProviderMetr
     ordered = sorted(metrics, key=lambda m: m.step)
     latest: dict[str, float] = {m.name: m.value for m in ordered}
     latest["step"] = float(ordered[-1].step)
-    transition_job(session, job_id, None, update=JobUpdate(latest_metrics=latest))
+    update_job(session, job_id, JobUpdate(latest_metrics=latest))
 
 
 def record_checkpoints(
@@ -136,7 +136,7 @@ def record_progress(
     update.estimated_finish = status.estimated_finish or extrapolate_finish(
         job.started_at, update.progress_percentage, now
     )
-    transition_job(session, job.id, None, update=update)
+    update_job(session, job.id, update)
 
 
 def percent_from_events(events: Sequence[ProviderEvent]) -> float | None:

@@ -269,3 +269,15 @@ def list_checkpoints(session: Session, job_id: str) -> list[JobCheckpoint]:
         .order_by(JobCheckpoint.step.desc())
     )
     return list(session.scalars(stmt))
+
+
+def has_event(
+    session: Session, job_id: str, event_type: str, *, message: str | None = None
+) -> bool:
+    """Whether the job already has an event of this type (and message): for things done once."""
+    stmt = select(FineTuningEvent.id).where(
+        FineTuningEvent.job_id == job_id, FineTuningEvent.event_type == event_type
+    )
+    if message is not None:
+        stmt = stmt.where(FineTuningEvent.message == message)
+    return session.scalar(stmt.limit(1)) is not None

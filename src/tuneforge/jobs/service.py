@@ -41,7 +41,7 @@ from tuneforge.jobs.schemas import (
     JobOut,
     MetricPoint,
 )
-from tuneforge.jobs.states import TERMINAL_STATUSES, JobUpdate, transition_job
+from tuneforge.jobs.states import TERMINAL_STATUSES, JobUpdate, transition_job, update_job
 from tuneforge.providers.catalog import (
     find_base_model,
     training_cost_usd,
@@ -53,7 +53,6 @@ from tuneforge.providers.contract import (
     shared_hyperparameters,
 )
 from tuneforge.providers.registry import get_provider
-from tuneforge.worker.loop import advance_job_now
 
 S = JobStatus
 JOB_LABEL = "Fine-tuning job"
@@ -99,10 +98,9 @@ def create_job(
     session.add(job)
     session.flush()
     resolved = resolve_hyperparameters(request.hyperparameters, dataset.train_examples)
-    return transition_job(
+    return update_job(
         session,
         job.id,
-        None,
         message=f"Created fine-tuning job {job.id}: {request.model} on {provider_name}",
         event_type="created",
         data={
@@ -216,22 +214,8 @@ def cancel_job(session: Session, organization_id: str, job_id: str) -> FineTunin
         job.id,
         S.CANCELLING,
         message="Cancellation requested",
-        update=JobUpdate(extra={"run_after": utcnow()}),
+        update=JobUpdate(run_after=utcnow()),
     )
-
-
-def sync_job(
-    session: Session,
-    session_factory: sessionmaker[Session],
-    settings: Settings,
-    organization_id: str,
-    job_id: str,
-) -> FineTuningJob:
-    """Advance the job with its provider now (in the worker's own transactions), re-read it."""
-    job = get_job(session, organization_id, job_id)
-    advance_job_now(session_factory, settings, job.id)
-    session.refresh(job)
-    return job
 
 
 def list_events(

@@ -2,13 +2,15 @@
 
 Every status change (worker, poller, cancel, provider callbacks) goes through
 ``transition_job``: it locks the row, checks the move against ``ALLOWED_TRANSITIONS``,
-applies the accompanying field updates and appends an event, all in the caller's
-transaction.
+compare-and-sets the status, applies the accompanying field updates and appends an event,
+all in the caller's transaction. Progress and other field writes go through
+``update_job``, which locks the row the same way but cannot change the status: a
+``JobUpdate`` has no status field, so the transition table is the only way to one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -44,7 +46,7 @@ class InvalidTransition(Conflict):
 
 @dataclass
 class JobUpdate:
-    """Fields that change together with (or without) a status change."""
+    """Fields that change together with (or without) a status change; None leaves a field."""
 
     progress_percentage: float | None = None
     trained_tokens: int | None = None
@@ -52,9 +54,11 @@ class JobUpdate:
     latest_metrics: dict[str, float] | None = None
     fine_tuned_model_name: str | None = None
     provider_job_id: str | None = None
+    provider_file_ids: dict[str, str | None] | None = None
     error_code: str | None = None
     error_message: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    attempts: int | None = None
+    run_after: datetime | None = None
 
 
 def can_transition(current: JobStatus, target: JobStatus) -> bool:
@@ -73,7 +77,7 @@ def lock_job(session: Session, job_id: str) -> FineTuningJob:
 def transition_job(
     session: Session,
     job_id: str,
-    target: JobStatus | None,
+    target: JobStatus,
     *,
     message: str | None = None,
     update: JobUpdate | None = None,
@@ -81,44 +85,73 @@ def transition_job(
     level: str = "info",
     data: dict[str, Any] | None = None,
 ) -> FineTuningJob:
-    """Move a job to ``target`` (or only update its fields when ``target`` is None).
+    """Move a job to ``target`` with the fields in ``update``, and say so in an event.
 
-    Moving to the status the job already has is a no-op for the status (pollers see the
+    Moving to the status the job already has changes only the fields (pollers see the
     same status many times); any other move not in the table raises InvalidTransition.
     """
     job = lock_job(session, job_id)
-    changed = target is not None and target != job.status
-    if changed and not can_transition(job.status, target):
+    if target == job.status:
+        return _write(session, job, update, message, event_type, level, data)
+    if not can_transition(job.status, target):
         raise InvalidTransition(
             f"Job {job.id} cannot go from {job.status.value} to {target.value}",
             status=job.status.value,
         )
     if update is not None:
         _apply_update(job, update)
-    if changed:
-        previous = job.status
-        _compare_and_set_status(session, job, previous, target)
-        now = utcnow()
-        if target == S.RUNNING and job.started_at is None:
-            job.started_at = now
-        if target in TERMINAL_STATUSES:
-            job.finished_at = now
-            job.lease_owner = None
-            job.lease_expires_at = None
-            job.run_after = None
-            job.estimated_finish = None
-            if target == S.SUCCEEDED:
-                job.progress_percentage = 100.0
-        session.add(
-            FineTuningEvent(
-                job_id=job.id,
-                level="error" if target == S.FAILED else level,
-                event_type=event_type,
-                message=message or f"Job status changed from {previous.value} to {target.value}",
-                data={"from": previous.value, "to": target.value, **(data or {})},
-            )
+    previous = job.status
+    _compare_and_set_status(session, job, previous, target)
+    now = utcnow()
+    if target == S.RUNNING and job.started_at is None:
+        job.started_at = now
+    if target in TERMINAL_STATUSES:
+        job.finished_at = now
+        job.lease_owner = None
+        job.lease_expires_at = None
+        job.run_after = None
+        job.estimated_finish = None
+        if target == S.SUCCEEDED:
+            job.progress_percentage = 100.0
+    session.add(
+        FineTuningEvent(
+            job_id=job.id,
+            level="error" if target == S.FAILED else level,
+            event_type=event_type,
+            message=message or f"Job status changed from {previous.value} to {target.value}",
+            data={"from": previous.value, "to": target.value, **(data or {})},
         )
-    elif message is not None:
+    )
+    session.flush()
+    return job
+
+
+def update_job(
+    session: Session,
+    job_id: str,
+    update: JobUpdate | None = None,
+    *,
+    message: str | None = None,
+    event_type: str = "status",
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+) -> FineTuningJob:
+    """Write fields of a job (never its status) and, with a ``message``, an event."""
+    return _write(session, lock_job(session, job_id), update, message, event_type, level, data)
+
+
+def _write(
+    session: Session,
+    job: FineTuningJob,
+    update: JobUpdate | None,
+    message: str | None,
+    event_type: str,
+    level: str,
+    data: dict[str, Any] | None,
+) -> FineTuningJob:
+    if update is not None:
+        _apply_update(job, update)
+    if message is not None:
         session.add(
             FineTuningEvent(
                 job_id=job.id, level=level, event_type=event_type, message=message, data=data
@@ -152,20 +185,13 @@ def _compare_and_set_status(
     set_committed_value(job, "status", target)
 
 
+_PLAIN_FIELDS = tuple(f.name for f in fields(JobUpdate) if f.name != "latest_metrics")
+
+
 def _apply_update(job: FineTuningJob, update: JobUpdate) -> None:
-    for name in (
-        "progress_percentage",
-        "trained_tokens",
-        "estimated_finish",
-        "fine_tuned_model_name",
-        "provider_job_id",
-        "error_code",
-        "error_message",
-    ):
+    for name in _PLAIN_FIELDS:
         value = getattr(update, name)
         if value is not None:
             setattr(job, name, value)
     if update.latest_metrics:
         job.latest_metrics = {**(job.latest_metrics or {}), **update.latest_metrics}
-    for name, value in update.extra.items():
-        setattr(job, name, value)

@@ -23,6 +23,7 @@ from tuneforge.db.base import utcnow
 from tuneforge.db.engine import unit_of_work
 from tuneforge.db.tables.jobs import FineTuningJob
 from tuneforge.errors import NotFound
+from tuneforge.jobs import service as jobs_service
 from tuneforge.worker.queue import claim_job, claim_next_job, heartbeat, release, request_run_now
 from tuneforge.worker.runner import JobRunner, LeaseLost, StepResult, WorkerConfig
 
@@ -190,6 +191,23 @@ def advance_job_now(
         session_factory, runner, job_id, settings.worker_lease_seconds, threading.Event()
     )
     return result is not None
+
+
+def sync_job(
+    session: Session,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    organization_id: str,
+    job_id: str,
+) -> FineTuningJob:
+    """ "Sync now": advance the organization's job in the worker's own transactions, re-read it.
+
+    It lives here, not in the jobs service, because it drives the worker; the jobs domain
+    never imports the worker."""
+    job = jobs_service.get_job(session, organization_id, job_id)
+    advance_job_now(session_factory, settings, job.id)
+    session.refresh(job)
+    return job
 
 
 class WorkerThread:

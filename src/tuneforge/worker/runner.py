@@ -18,15 +18,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.config import Settings
 from tuneforge.datasets.export import export_job_files
 from tuneforge.db.base import utcnow
 from tuneforge.db.engine import unit_of_work
-from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobStatus
+from tuneforge.db.tables.jobs import FineTuningJob, JobStatus
 from tuneforge.errors import TuneForgeError
+from tuneforge.jobs import repository
 from tuneforge.jobs.progress import (
     latest_provider_event_id,
     record_checkpoints,
@@ -40,6 +40,7 @@ from tuneforge.jobs.states import (
     can_transition,
     lock_job,
     transition_job,
+    update_job,
 )
 from tuneforge.models.service import create_model_from_job
 from tuneforge.providers.contract import (
@@ -209,14 +210,14 @@ class JobRunner:
         with unit_of_work(self.session_factory) as session:
             current = self._owned(session, job.id).status
             # A cancel may have arrived meanwhile; the id is kept so the cancel reaches it.
-            target = S.QUEUED if current in (S.PENDING, S.VALIDATING_FILES) else None
+            target = S.QUEUED if current in (S.PENDING, S.VALIDATING_FILES) else current
             verb = "Resumed" if job.provider_job_id else "Created"
             return transition_job(
                 session,
                 job.id,
                 target,
                 message=f"{verb} {job.provider} job {provider_job_id}",
-                update=JobUpdate(provider_job_id=provider_job_id, extra={"attempts": 0}),
+                update=JobUpdate(provider_job_id=provider_job_id, attempts=0),
                 data={"provider_job_id": provider_job_id},
             )
 
@@ -243,9 +244,7 @@ class JobRunner:
     def _save_file_ids(self, job_id: str, file_ids: dict[str, str | None]) -> None:
         with unit_of_work(self.session_factory) as session:
             self._owned(session, job_id)
-            transition_job(
-                session, job_id, None, update=JobUpdate(extra={"provider_file_ids": file_ids})
-            )
+            update_job(session, job_id, JobUpdate(provider_file_ids=file_ids))
 
     # Cancelling.
 
@@ -262,24 +261,18 @@ class JobRunner:
                     session, job.id, S.CANCELLED, message="Cancelled before training started"
                 )
         with unit_of_work(self.session_factory) as session:
-            sent = session.scalar(
-                select(FineTuningEvent.id).where(
-                    FineTuningEvent.job_id == job.id,
-                    FineTuningEvent.event_type == CANCEL_SENT_EVENT,
-                )
-            )
-        if sent is not None:
+            sent = repository.has_event(session, job.id, CANCEL_SENT_EVENT)
+        if sent:
             return job
         provider.cancel(provider_job_id)
         with unit_of_work(self.session_factory) as session:
             self._owned(session, job.id)
-            return transition_job(
+            return update_job(
                 session,
                 job.id,
-                None,
+                JobUpdate(provider_job_id=provider_job_id),
                 message=f"Asked {job.provider} to cancel job {provider_job_id}",
                 event_type=CANCEL_SENT_EVENT,
-                update=JobUpdate(provider_job_id=provider_job_id),
             )
 
     # Polling.
@@ -299,7 +292,7 @@ class JobRunner:
             record_checkpoints(session, job.id, checkpoints)
             record_progress(session, job, status, new_events)
             if job.attempts:
-                transition_job(session, job.id, None, update=JobUpdate(extra={"attempts": 0}))
+                update_job(session, job.id, JobUpdate(attempts=0))
             return self._apply_status(session, job, status)
 
     def _apply_status(
@@ -323,10 +316,9 @@ class JobRunner:
         job = transition_job(session, job.id, target, update=update, message=message)
         if target == S.SUCCEEDED:
             model = create_model_from_job(session, job)
-            transition_job(
+            update_job(
                 session,
                 job.id,
-                None,
                 message=f"Model {model.name} is ready",
                 event_type="model_created",
                 data={"model_id": model.id},
@@ -337,18 +329,10 @@ class JobRunner:
         self, session: Session, job: FineTuningJob, raw_status: str
     ) -> FineTuningJob:
         message = f"Provider reported status {raw_status!r}"
-        noted = session.scalar(
-            select(FineTuningEvent.id).where(
-                FineTuningEvent.job_id == job.id,
-                FineTuningEvent.event_type == UNKNOWN_STATUS_EVENT,
-                FineTuningEvent.message == message,
-            )
-        )
-        if noted is None:
-            transition_job(
+        if not repository.has_event(session, job.id, UNKNOWN_STATUS_EVENT, message=message):
+            update_job(
                 session,
                 job.id,
-                None,
                 message=message,
                 event_type=UNKNOWN_STATUS_EVENT,
                 level="warning",
@@ -371,22 +355,19 @@ class JobRunner:
                     job_id,
                     S.FAILED,
                     message=f"Gave up after {attempts} attempts: {message}",
-                    update=JobUpdate(
-                        error_code=code, error_message=message, extra={"attempts": attempts}
-                    ),
+                    update=JobUpdate(error_code=code, error_message=message, attempts=attempts),
                 )
                 return StepResult(finished=True, next_run_after=utcnow())
             backoff = self.config.backoff_base_seconds * 2 ** (attempts - 1)
             delay = max(retry_after, min(backoff, self.config.backoff_max_seconds))
-            transition_job(
+            update_job(
                 session,
                 job_id,
-                None,
+                JobUpdate(attempts=attempts),
                 message=f"{message}; retrying in {delay:.1f}s "
                 f"(attempt {attempts} of {self.config.max_attempts})",
                 event_type=RETRY_EVENT,
                 level="warning",
-                update=JobUpdate(extra={"attempts": attempts}),
                 data={"code": code, "attempt": attempts, "delay_seconds": delay},
             )
         return self._later(delay)

@@ -19,6 +19,7 @@ from tuneforge.jobs.states import ACTIVE_STATUSES
 from tuneforge.providers.registry import provider_names
 from tuneforge.web.deps import WebPrincipal, action_done, choice
 from tuneforge.web.templating import render
+from tuneforge.worker import loop as worker_loop
 
 router = APIRouter(prefix="/dashboard/fine-tuning/jobs")
 
@@ -158,5 +159,5 @@ def sync_job(
     settings: SettingsDep,
 ) -> Response:
     factory = request.app.state.session_factory
-    jobs_service.sync_job(session, factory, settings, principal.organization_id, job_id)
+    worker_loop.sync_job(session, factory, settings, principal.organization_id, job_id)
     return action_done(request, f"{BASE}/{job_id}")
