@@ -96,14 +96,14 @@ def run_ours(args: argparse.Namespace, train: list[dict], work: Path) -> dict[st
         ),
     )
     # CPU time from the end of loading (model, tokenization) to the end of training.
-    build_session, loaded = trainer.build_session, []
+    build_run, loaded = trainer.build_run, []
 
     def timed_build(*args: Any) -> Any:
-        session = build_session(*args)
+        run = build_run(*args)
         loaded.append(time.process_time())
-        return session
+        return run
 
-    trainer.build_session = timed_build
+    trainer.build_run = timed_build
     if trainer.run_training(paths, lambda: False) != "succeeded":
         raise RuntimeError(f"training failed; see {paths.progress}")
     cpu_seconds = time.process_time() - loaded[0]

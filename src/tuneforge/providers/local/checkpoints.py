@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
+from transformers import PreTrainedTokenizerBase
 
 from tuneforge.providers.local.jobdir import (
     ADAPTER_DIR,
@@ -73,6 +74,17 @@ def save_checkpoint(
     for _, old in checkpoint_dirs(paths)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_adapter(paths: JobPaths, model: PeftModel, tokenizer: PreTrainedTokenizerBase) -> Path:
+    """Write the final adapter, with the tokenizer for inference, atomically into place."""
+    tmp = paths.root / f".adapter.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(paths.adapter, ignore_errors=True)
+    tmp.replace(paths.adapter)
+    return paths.adapter
 
 
 def latest_checkpoint(paths: JobPaths) -> Checkpoint | None:

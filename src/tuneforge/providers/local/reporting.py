@@ -1,22 +1,18 @@
 """What a training run tells the worker, through files in the job directory.
 
-Only rank 0 writes (events, the status file, checkpoints and the final adapter); on other
-ranks every method is a no-op, so the training loop calls them unconditionally.
+Reporting only reports: the trainer saves checkpoints and the adapter itself, then says
+so here. Only rank 0 writes (events and the status file); on other ranks every method is
+a no-op, so the training loop calls them unconditionally.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from peft import PeftModel
-from transformers import PreTrainedTokenizerBase
-
-from tuneforge.providers.local.checkpoints import save_checkpoint
 from tuneforge.providers.local.data import EncodedDataset
 from tuneforge.providers.local.jobdir import JobPaths, ProgressLog, read_spec, update_status
 
@@ -122,43 +118,16 @@ class Reporter:
             step=step,
         )
 
-    def checkpoint(
-        self,
-        step: int,
-        model: PeftModel,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        trained_tokens: int,
-        metrics: dict[str, float],
-    ) -> None:
-        if not self.enabled:
-            return
-        path = save_checkpoint(
-            self.paths,
-            step=step,
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            trained_tokens=trained_tokens,
-            metrics=metrics,
-        )
+    def checkpoint_saved(self, step: int, path: Path) -> None:
         self._emit(
             "checkpoint", f"Saved checkpoint step-{step}", step=step, data={"path": str(path)}
         )
 
-    def succeeded(
-        self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, trained_tokens: int
-    ) -> None:
-        """Write the final adapter (with the tokenizer, for inference) atomically, then say so."""
+    def succeeded(self, trained_tokens: int) -> None:
+        """Say the run is done; the trainer has written the final adapter by now."""
         if not self.enabled:
             return
         spec = read_spec(self.paths)
-        tmp = self.paths.root / f".adapter.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(self.paths.adapter, ignore_errors=True)
-        tmp.replace(self.paths.adapter)
         update_status(
             self.paths,
             state="succeeded",

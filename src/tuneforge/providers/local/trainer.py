@@ -40,7 +40,12 @@ from transformers import (
 )
 
 from tuneforge.providers.contract import resolve_hyperparameters
-from tuneforge.providers.local.checkpoints import latest_checkpoint, restore_checkpoint
+from tuneforge.providers.local.checkpoints import (
+    latest_checkpoint,
+    restore_checkpoint,
+    save_adapter,
+    save_checkpoint,
+)
 from tuneforge.providers.local.data import (
     EncodedExample,
     encode_dataset,
@@ -172,7 +177,7 @@ def shard_for_rank(lengths: list[int], indices: list[int], world_size: int, rank
 
 
 @dataclass
-class Session:
+class TrainingRun:
     """The live training objects of one run."""
 
     runtime: Runtime
@@ -201,7 +206,7 @@ class Session:
         return contextlib.nullcontext()
 
 
-def build_session(paths: JobPaths, runtime: Runtime, reporter: Reporter) -> Session:
+def build_run(paths: JobPaths, runtime: Runtime, reporter: Reporter) -> TrainingRun:
     spec = read_spec(paths)
     hp = LocalHyperparameters.model_validate(spec.hyperparameters)
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model_path)
@@ -238,7 +243,7 @@ def build_session(paths: JobPaths, runtime: Runtime, reporter: Reporter) -> Sess
         [p for p in model.parameters() if p.requires_grad], lr=plan.learning_rate, weight_decay=0
     )
     scheduler = get_linear_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
-    return Session(
+    return TrainingRun(
         runtime=runtime,
         plan=plan,
         tokenizer=tokenizer,
@@ -253,25 +258,25 @@ def build_session(paths: JobPaths, runtime: Runtime, reporter: Reporter) -> Sess
     )
 
 
-def train_step(session: Session, step: int, stop: StopCheck) -> dict[str, float] | None:
+def train_step(run: TrainingRun, step: int, stop: StopCheck) -> dict[str, float] | None:
     """One optimizer step (0-based); None when a stop request interrupted it."""
-    rt, examples = session.runtime, session.train
-    torch.manual_seed(session.seed * 1_000_003 + step * 1_009 + rt.rank)
-    indices = step_indices(session.plan, len(examples), session.seed, step)
+    rt, examples = run.runtime, run.train
+    torch.manual_seed(run.seed * 1_000_003 + step * 1_009 + rt.rank)
+    indices = step_indices(run.plan, len(examples), run.seed, step)
     lengths = [e.length for e in examples]
     shard = shard_for_rank(lengths, indices, rt.world_size, rt.rank)
     scale = rt.world_size / sum(examples[i].n_targets for i in indices)
-    micro_batches = plan_micro_batches(lengths, shard, session.micro_batch_tokens)
+    micro_batches = plan_micro_batches(lengths, shard, run.micro_batch_tokens)
     totals = torch.zeros(3, device=rt.device)  # loss sum, correct tokens, stop votes
     started = time.perf_counter()
     for number, row in enumerate(micro_batches):
         batch = pack_examples(examples, row)
         last = number == len(micro_batches) - 1
-        no_sync = getattr(session.loss_model, "no_sync", None)
+        no_sync = getattr(run.loss_model, "no_sync", None)
         sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
-            with session.autocast():
-                loss_sum, correct = session.loss_model(
+            with run.autocast():
+                loss_sum, correct = run.loss_model(
                     batch.input_ids.to(rt.device),
                     batch.position_ids.to(rt.device),
                     batch.targets.to(rt.device),
@@ -281,18 +286,18 @@ def train_step(session: Session, step: int, stop: StopCheck) -> dict[str, float]
         totals[0] += loss_sum.detach()
         totals[1] += correct
         if not rt.distributed and stop():
-            session.optimizer.zero_grad(set_to_none=True)
+            run.optimizer.zero_grad(set_to_none=True)
             return None
-    learning_rate = session.optimizer.param_groups[0]["lr"]
+    learning_rate = run.optimizer.param_groups[0]["lr"]
     grad_norm = torch.nn.utils.clip_grad_norm_(
-        [p for p in session.model.parameters() if p.requires_grad], MAX_GRAD_NORM
+        [p for p in run.model.parameters() if p.requires_grad], MAX_GRAD_NORM
     )
     # DDP has already averaged the gradients, so every rank takes the same decision.
     finite = bool(torch.isfinite(grad_norm))
     if finite:
-        session.optimizer.step()
-    session.scheduler.step()
-    session.optimizer.zero_grad(set_to_none=True)
+        run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
     totals[2] = float(stop())
     if rt.distributed:
         dist.all_reduce(totals)
@@ -312,17 +317,17 @@ def train_step(session: Session, step: int, stop: StopCheck) -> dict[str, float]
 
 
 @torch.no_grad()
-def evaluate(session: Session) -> dict[str, float]:
+def evaluate(run: TrainingRun) -> dict[str, float]:
     """Mean loss and token accuracy over the validation set, split across ranks."""
-    rt, examples = session.runtime, session.valid
-    loss_model = getattr(session.loss_model, "module", session.loss_model)
-    session.model.eval()
+    rt, examples = run.runtime, run.valid
+    loss_model = getattr(run.loss_model, "module", run.loss_model)
+    run.model.eval()
     totals = torch.zeros(3, device=rt.device)
     mine = list(range(rt.rank, len(examples), rt.world_size))
     lengths = [e.length for e in examples]
-    for row in plan_micro_batches(lengths, mine, session.micro_batch_tokens):
+    for row in plan_micro_batches(lengths, mine, run.micro_batch_tokens):
         batch = pack_examples(examples, row)
-        with session.autocast():
+        with run.autocast():
             loss_sum, correct = loss_model(
                 batch.input_ids.to(rt.device),
                 batch.position_ids.to(rt.device),
@@ -334,7 +339,7 @@ def evaluate(session: Session) -> dict[str, float]:
         totals[2] += batch.n_targets
     if rt.distributed:
         dist.all_reduce(totals)
-    session.model.train()
+    run.model.train()
     loss_sum, correct, count = totals.tolist()
     return {"valid_loss": loss_sum / count, "valid_mean_token_accuracy": correct / count}
 
@@ -355,14 +360,12 @@ def run_training(paths: JobPaths, stop: StopCheck) -> str:
 
 
 def _train(paths: JobPaths, runtime: Runtime, reporter: Reporter, stop: StopCheck) -> str:
-    session = build_session(paths, runtime, reporter)
-    plan = session.plan
+    run = build_run(paths, runtime, reporter)
+    plan = run.plan
     start_step, trained_tokens = 0, 0
     checkpoint = latest_checkpoint(paths)
     if checkpoint is not None:
-        trained_tokens = restore_checkpoint(
-            checkpoint, session.model, session.optimizer, session.scheduler
-        )
+        trained_tokens = restore_checkpoint(checkpoint, run.model, run.optimizer, run.scheduler)
         start_step = checkpoint.step
     reporter.started(plan, start_step, trained_tokens)
     skipped_in_a_row = 0
@@ -372,7 +375,7 @@ def _train(paths: JobPaths, runtime: Runtime, reporter: Reporter, stop: StopChec
     for step in range(start_step, plan.total_steps):
         if step % plan.steps_per_epoch == 0 or step == start_step:
             reporter.epoch(step // plan.steps_per_epoch + 1, plan.n_epochs, step)
-        metrics = train_step(session, step, stop)
+        metrics = train_step(run, step, stop)
         if metrics is None or metrics.pop("stop") > 0:
             reporter.cancelled(step if metrics is None else step + 1)
             return "cancelled"
@@ -388,14 +391,23 @@ def _train(paths: JobPaths, runtime: Runtime, reporter: Reporter, stop: StopChec
                     "gradients; try a lower learning_rate_multiplier"
                 )
             reporter.skipped(done)
-        if session.valid and (done % plan.eval_every == 0 or done == plan.total_steps):
-            metrics |= evaluate(session)
+        if run.valid and (done % plan.eval_every == 0 or done == plan.total_steps):
+            metrics |= evaluate(run)
         # A skipped step's loss is NaN: JSON and the metrics table cannot hold it.
         metrics = {name: value for name, value in metrics.items() if math.isfinite(value)}
         reporter.step(done, metrics, trained_tokens)
-        if done % plan.checkpoint_every == 0 and done < plan.total_steps:
-            reporter.checkpoint(
-                done, session.model, session.optimizer, session.scheduler, trained_tokens, metrics
+        if done % plan.checkpoint_every == 0 and done < plan.total_steps and runtime.is_main:
+            saved = save_checkpoint(
+                paths,
+                step=done,
+                model=run.model,
+                optimizer=run.optimizer,
+                scheduler=run.scheduler,
+                trained_tokens=trained_tokens,
+                metrics=metrics,
             )
-    reporter.succeeded(session.model, session.tokenizer, trained_tokens)
+            reporter.checkpoint_saved(done, saved)
+    if runtime.is_main:
+        save_adapter(paths, run.model, run.tokenizer)
+    reporter.succeeded(trained_tokens)
     return "succeeded"
