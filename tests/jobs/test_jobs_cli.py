@@ -22,7 +22,7 @@ from tuneforge.cli import app as cli_app
 from tuneforge.config import Settings
 from tuneforge.db.engine import unit_of_work
 from tuneforge.db.tables.jobs import FineTuningJob, JobMetric, JobStatus
-from tuneforge.jobs import service
+from tuneforge.jobs import stream
 from tuneforge.jobs.states import JobUpdate, transition_job, update_job
 
 S = JobStatus
@@ -36,7 +36,7 @@ def settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 def api_url(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setattr(service, "STREAM_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(stream, "STREAM_POLL_SECONDS", 0.05)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(app, log_level="warning", lifespan="off")

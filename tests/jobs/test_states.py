@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.worker import make_dataset, make_organization, queue_job
+from tests.fixtures.factories import Factories
 from tuneforge.db.base import utcnow
 from tuneforge.db.engine import make_engine, make_session_factory, unit_of_work
 from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobStatus
@@ -32,22 +32,15 @@ PAIRS = [(current, target) for current in JobStatus for target in JobStatus]
 
 
 @pytest.fixture
-def session_factory(database_url: str) -> Iterator[Factory]:
-    engine = make_engine(database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
 def job_in(session_factory: Factory) -> Iterator[Callable[[JobStatus], str]]:
     """A leased job in the given status."""
     with session_factory() as session:
-        organization_id = make_organization(session)
-        dataset = make_dataset(session, organization_id, train=1, validation=0, invalid=0)
+        rows = Factories(session)
+        organization_id = rows.organization()
+        dataset = rows.dataset_with_examples(organization_id, train=1, validation=0, invalid=0)
 
         def add(status: JobStatus) -> str:
-            return queue_job(
-                session,
+            return rows.queued_job(
                 organization_id,
                 dataset,
                 status=status,

@@ -18,7 +18,7 @@ from tests.fixtures.factories import Factories
 from tuneforge.config import Settings
 from tuneforge.db.engine import unit_of_work
 from tuneforge.db.tables.jobs import JobCheckpoint, JobMetric, JobStatus
-from tuneforge.jobs import service
+from tuneforge.jobs import stream as job_stream
 from tuneforge.jobs.states import JobUpdate, transition_job, update_job
 
 S = JobStatus
@@ -31,7 +31,7 @@ def settings(settings: Settings) -> Settings:
 
 @pytest.fixture(autouse=True)
 def fast_polling(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service, "STREAM_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(job_stream, "STREAM_POLL_SECONDS", 0.05)
 
 
 @pytest.fixture
@@ -222,7 +222,7 @@ def test_a_quiet_stream_sends_keepalive_comments(
     job_id: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(service, "STREAM_KEEPALIVE_SECONDS", 0.1)
+    monkeypatch.setattr(job_stream, "STREAM_KEEPALIVE_SECONDS", 0.1)
     url = f"/fine-tuning/jobs/{job_id}/stream"
     with client.stream("GET", url, headers=account.headers) as response:
         lines = response.iter_lines()

@@ -7,8 +7,7 @@ fields the SDKs send that do not change a local model's output are accepted and 
 from __future__ import annotations
 
 import enum
-import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -219,15 +218,3 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-def sse_event(payload: BaseModel | dict[str, Any] | str, event: str | None = None) -> str:
-    """One Server-Sent Event; ``payload`` is sent as JSON unless it is already a string."""
-    if isinstance(payload, BaseModel):
-        data = payload.model_dump_json()
-    elif isinstance(payload, dict):
-        data = json.dumps(payload, separators=(",", ":"))
-    else:
-        data = payload
-    prefix = f"event: {event}\n" if event else ""
-    return f"{prefix}data: {data}\n\n"

@@ -48,9 +48,9 @@ from tuneforge.inference.schemas import (
     ChunkChoice,
     ChunkDelta,
     ModelList,
-    sse_event,
 )
 from tuneforge.inference.targets import list_model_cards, resolve_agent_model, resolve_model
+from tuneforge.sse import sse_message
 
 TITLE_LENGTH = 80
 CHAT_ROLES = frozenset(role.value for role in ChatRole)
@@ -192,14 +192,14 @@ async def _agent_chat_events(
     finished = False
     try:
         async for delta in deltas(stream):
-            yield sse_event({"content": delta}, event="delta")
+            yield sse_message({"content": delta}, event="delta")
         assert stream.result is not None
         response = await anyio.to_thread.run_sync(_finish_agent_chat, runtime, chat, stream.result)
         finished = True
-        yield sse_event(response, event="done")
+        yield sse_message(response, event="done")
     except Exception as exc:
         error, detail = error_detail(exc)
-        yield sse_event({"error": error, "detail": detail}, event="error")
+        yield sse_message({"error": error, "detail": detail}, event="error")
     finally:
         stream.close()
         if not finished:
@@ -277,7 +277,7 @@ async def _completion_events(
 
     def chunk(delta: ChunkDelta, finish: Completion | None = None) -> str:
         choice = ChunkChoice(delta=delta, finish_reason=finish.finish_reason if finish else None)
-        return sse_event(
+        return sse_message(
             ChatCompletionChunk(
                 id=completion_id, created=created, model=call.target.public_id, choices=[choice]
             )
@@ -301,11 +301,11 @@ async def _completion_events(
                 choices=[],
                 usage=usage_of(completion),
             )
-            yield sse_event(usage_chunk)
-        yield sse_event("[DONE]")
+            yield sse_message(usage_chunk)
+        yield sse_message("[DONE]")
     except Exception as exc:
         error, detail = error_detail(exc)
-        yield sse_event({"error": {"message": detail, "type": "server_error", "code": error}})
+        yield sse_message({"error": {"message": detail, "type": "server_error", "code": error}})
     finally:
         stream.close()
         if not finished:

@@ -21,7 +21,7 @@ from tuneforge.auth.deps import PrincipalDep
 from tuneforge.db.session import SessionDep, SettingsDep
 from tuneforge.db.tables.jobs import JobStatus
 from tuneforge.errors import Conflict, InvalidInput, NotFound, Unauthorized, error_responses
-from tuneforge.jobs import service
+from tuneforge.jobs import service, stream
 from tuneforge.jobs.repository import JobFilter
 from tuneforge.jobs.schemas import (
     CheckpointList,
@@ -237,9 +237,9 @@ def stream_job(
     last_event_id_query: Annotated[str | None, Query(alias="last_event_id", max_length=50)] = None,
 ) -> StreamingResponse:
     job = service.get_job(session, principal.organization_id, job_id)
-    cursor = service.StreamCursor.parse(last_event_id or last_event_id_query)
+    cursor = stream.StreamCursor.parse(last_event_id or last_event_id_query)
     return StreamingResponse(
-        service.stream_job(_session_factory(request), principal.organization_id, job.id, cursor),
+        stream.stream_job(_session_factory(request), principal.organization_id, job.id, cursor),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
