@@ -158,7 +158,7 @@ def test_a_job_runs_to_success_with_events_metrics_checkpoints_and_a_loadable_ad
     assert status.trained_tokens and status.trained_tokens > 0
     events = provider.list_events("ok", after=None)
     assert [int(e.provider_event_id) for e in events] == list(range(1, len(events) + 1))
-    assert metric_steps(events) == list(range(1, 9))
+    assert metric_steps(events) == list(range(0, 9))  # step 0: the base model
     last = events[-1]
     assert last.event_type == "finished"
     assert provider.list_events("ok", after=last.provider_event_id) == []
@@ -200,7 +200,7 @@ def test_a_killed_trainer_fails_the_attempt_and_create_job_resumes_from_its_chec
     events = provider.list_events("kill", after=None)
     resumed = [e for e in events if e.event_type == "resumed"]
     assert len(resumed) == 1 and f"step-{saved}" in resumed[0].message
-    assert metric_steps(events) == list(range(1, 49))
+    assert metric_steps(events) == list(range(0, 49))
     assert read_status(paths)["attempt"] == 2
 
 
@@ -248,7 +248,7 @@ def test_a_killed_worker_takes_its_trainer_along_and_the_next_worker_resumes(
     assert wait_finished(provider, "orphan").status == ProviderJobState.SUCCEEDED
     events = provider.list_events("orphan", after=None)
     assert [e.event_type for e in events].count("resumed") == 1
-    assert metric_steps(events) == list(range(1, 49))
+    assert metric_steps(events) == list(range(0, 49))
 
 
 def test_cancel_stops_the_trainer_within_seconds(
@@ -299,8 +299,9 @@ def test_two_torchrun_processes_train_like_one(provider: LocalProvider, tmp_path
 
     one, two = losses("one"), losses("two")
     assert len(one["train_loss"]) == 8
-    assert one["train_loss"] == pytest.approx(two["train_loss"], abs=1e-3)
-    assert one["valid_loss"] == pytest.approx(two["valid_loss"], abs=1e-3)
+    # Sums in another order on other thread counts: equal to float32 noise, not bit for bit.
+    assert one["train_loss"] == pytest.approx(two["train_loss"], rel=1e-3)
+    assert one["valid_loss"] == pytest.approx(two["valid_loss"], rel=1e-3)
 
 
 def test_a_trainer_waits_while_another_process_holds_the_job(

@@ -51,13 +51,15 @@ def test_training_lowers_the_loss_and_saves_the_adapter(
     assert run_training(paths, lambda: False) == "succeeded"
 
     metrics = metric_events(paths)
-    assert [m["step"] for m in metrics] == list(range(1, 19))
+    # Step 0 is the base model, measured on the held-out data before any update.
+    assert [m["step"] for m in metrics] == list(range(0, 19))
+    assert set(metrics[0]["metrics"]) == {"valid_loss", "valid_mean_token_accuracy"}
     valid = [m["metrics"]["valid_loss"] for m in metrics if "valid_loss" in m["metrics"]]
-    assert len(valid) == 6
+    assert len(valid) == 7
     assert valid[-1] < valid[0] - 0.2
-    assert metrics[-1]["metrics"]["train_loss"] < metrics[0]["metrics"]["train_loss"] - 0.2
+    assert metrics[-1]["metrics"]["train_loss"] < metrics[1]["metrics"]["train_loss"] - 0.2
     assert {"train_mean_token_accuracy", "learning_rate", "tokens_per_second"} <= set(
-        metrics[0]["metrics"]
+        metrics[1]["metrics"]
     )
     status = read_status(paths)
     assert status["state"] == "succeeded"
@@ -85,7 +87,7 @@ def test_resume_continues_from_the_checkpoint_and_matches_an_uninterrupted_run(
     events = read_events(split.progress, 0)[0]
     resumed = [e for e in events if e["type"] == "resumed"]
     assert [e["step"] for e in resumed] == [4]
-    assert [m["step"] for m in metric_events(split)] == list(range(1, 9))
+    assert [m["step"] for m in metric_events(split)] == list(range(0, 9))
     ids = [e["id"] for e in events]
     assert ids == sorted(set(ids))
     final_whole = load_file(whole.adapter / "adapter_model.safetensors")

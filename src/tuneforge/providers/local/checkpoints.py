@@ -14,6 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel, set_peft_model_state_dict
@@ -51,6 +52,7 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     trained_tokens: int,
     metrics: dict[str, float],
+    early_stopping: dict[str, Any],
 ) -> Path:
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
     final = paths.checkpoints / f"step-{step}"
@@ -64,6 +66,7 @@ def save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "trained_tokens": trained_tokens,
+            "early_stopping": early_stopping,
         },
         tmp / STATE_FILE,
     )
@@ -95,18 +98,37 @@ def latest_checkpoint(paths: JobPaths) -> Checkpoint | None:
     return Checkpoint(step=step, path=path)
 
 
+@dataclass(frozen=True)
+class RestoredState:
+    trained_tokens: int
+    early_stopping: dict[str, Any] | None
+
+
 def restore_checkpoint(
     checkpoint: Checkpoint,
     model: PeftModel,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> int:
-    """Load a checkpoint into the live objects; returns the tokens trained up to it."""
-    weights = load_file(checkpoint.adapter / "adapter_model.safetensors")
-    result = set_peft_model_state_dict(model, weights)
-    if result.unexpected_keys:
-        raise RuntimeError(f"Checkpoint {checkpoint.path} does not match this model")
+) -> RestoredState:
+    """Load a checkpoint into the live objects; returns the run's counters as of it."""
+    load_adapter_weights(model, checkpoint.adapter)
     state = torch.load(checkpoint.path / STATE_FILE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    return int(state["trained_tokens"])
+    return RestoredState(int(state["trained_tokens"]), state.get("early_stopping"))
+
+
+def load_adapter_weights(model: PeftModel, adapter_dir: Path) -> None:
+    weights = load_file(adapter_dir / "adapter_model.safetensors")
+    result = set_peft_model_state_dict(model, weights)
+    if result.unexpected_keys:
+        raise RuntimeError(f"Adapter {adapter_dir} does not match this model")
+
+
+def save_best_adapter(paths: JobPaths, model: PeftModel) -> None:
+    """Keep the LoRA weights of the best step so far, replacing the previous best atomically."""
+    tmp = paths.root / f".best-adapter.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(paths.best_adapter, ignore_errors=True)
+    tmp.replace(paths.best_adapter)

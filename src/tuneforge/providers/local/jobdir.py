@@ -15,13 +15,13 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError
 
 from tuneforge.config import Settings
 from tuneforge.errors import InvalidInput
-from tuneforge.providers.contract import Hyperparameters
+from tuneforge.providers.contract import AUTO, Auto, Hyperparameters
 
 # The trainer's states are "starting", "running", then one of these.
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -48,7 +48,30 @@ class LocalHyperparameters(Hyperparameters):
         default=None, ge=16, description="Tokens per example; default: the model's context."
     )
     warmup_ratio: float = Field(default=0.03, ge=0, le=0.5)
-    eval_every_steps: int | None = Field(default=None, ge=1)
+    eval_every_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Steps between held-out evaluations; default: about every "
+        "EVAL_EVERY_TOKENS trained tokens, at least 10 times a run.",
+    )
+    holdout_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        le=0.5,
+        description="Share of the training examples held out (at most 200) to measure valid "
+        "loss when the job has no validation data; 0 trains on every example.",
+    )
+    early_stopping_patience: Auto | Annotated[int, Field(strict=True, ge=0, le=1000)] = Field(
+        default=AUTO,
+        description='Evaluations without improvement before training stops; "auto" is 3, '
+        "0 never stops early. Needs held-out data.",
+    )
+    early_stopping_min_delta: float = Field(
+        default=1e-3,
+        ge=0,
+        le=10,
+        description="How much valid loss must fall to count as an improvement.",
+    )
     checkpoint_every_steps: int | None = Field(default=None, ge=1)
     micro_batch_tokens: int = Field(
         default=1024,
@@ -127,6 +150,11 @@ class JobPaths:
     def adapter(self) -> Path:
         return self.root / "adapter"
 
+    @property
+    def best_adapter(self) -> Path:
+        """The LoRA weights of the step with the best held-out loss so far."""
+        return self.root / "best-adapter"
+
 
 def jobs_root(settings: Settings) -> Path:
     return settings.data_dir / "jobs"
@@ -188,7 +216,7 @@ class ProgressLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._last_id = 0
-        self.last_metric_step = 0
+        self.last_metric_step = -1  # step 0 holds the base model's figures
         if path.exists():
             raw = path.read_bytes()
             complete = raw[: raw.rfind(b"\n") + 1]

@@ -17,6 +17,7 @@ from tuneforge.providers.local.data import EncodedDataset
 from tuneforge.providers.local.jobdir import JobPaths, ProgressLog, read_spec, update_status
 
 if TYPE_CHECKING:
+    from tuneforge.providers.local.stopping import EarlyStopping
     from tuneforge.providers.local.trainer import Plan
 
 _SPEED_SMOOTHING = 0.3
@@ -123,7 +124,50 @@ class Reporter:
             "checkpoint", f"Saved checkpoint step-{step}", step=step, data={"path": str(path)}
         )
 
-    def succeeded(self, trained_tokens: int) -> None:
+    def holdout(self, held_out: int, examples: int, fraction: float) -> None:
+        """Say how the run will be judged when the job brought no validation data."""
+        if held_out:
+            self._emit(
+                "holdout",
+                f"Held out {held_out} of {examples} training examples to measure valid loss "
+                "(no validation data was given); set holdout_fraction to 0 to train on all",
+                data={"held_out": held_out, "examples": examples, "fraction": fraction},
+            )
+        elif fraction > 0:
+            self._emit(
+                "holdout",
+                f"No examples held out: {examples} training examples are too few to spare "
+                "any, so there is no valid loss and no early stopping",
+                level="warning",
+                data={"held_out": 0, "examples": examples, "fraction": fraction},
+            )
+
+    def overfitting(self, step: int, valid_loss: float, stopper: EarlyStopping) -> None:
+        self._emit(
+            "overfitting",
+            f"Possible overfitting at step {step}: valid loss {valid_loss:.4g} is above its best "
+            f"({stopper.best_loss:.4g} at step {stopper.best_step}) while train loss keeps "
+            "falling; the model is made from the best step",
+            level="warning",
+            step=step,
+            data={"valid_loss": valid_loss, **_best(stopper)},
+        )
+
+    def stopped_early(self, step: int, total_steps: int, stopper: EarlyStopping) -> None:
+        if self.enabled:
+            update_status(self.paths, stopped_early_at=step)
+        self._emit(
+            "early_stopped",
+            f"Stopped early at step {step} of {total_steps}: valid loss did not improve by more "
+            f"than {stopper.min_delta:g} in {stopper.patience} evaluations (best "
+            f"{stopper.best_loss:.4g} at step {stopper.best_step})",
+            step=step,
+            data={"planned_steps": total_steps, "patience": stopper.patience, **_best(stopper)},
+        )
+
+    def succeeded(
+        self, trained_tokens: int, *, best_step: int | None, best_valid_loss: float | None
+    ) -> None:
         """Say the run is done; the trainer has written the final adapter by now."""
         if not self.enabled:
             return
@@ -133,11 +177,24 @@ class Reporter:
             state="succeeded",
             trained_tokens=trained_tokens,
             fine_tuned_model=spec.fine_tuned_model,
+            best_step=best_step,
+        )
+        made_from = (
+            ""
+            if best_step is None
+            else (
+                f", made from step {best_step}, where valid loss was lowest ({best_valid_loss:.4g})"
+            )
         )
         self._emit(
             "finished",
-            f"Training finished; model {spec.fine_tuned_model} is ready",
-            data={"fine_tuned_model": spec.fine_tuned_model, "trained_tokens": trained_tokens},
+            f"Training finished; model {spec.fine_tuned_model} is ready{made_from}",
+            data={
+                "fine_tuned_model": spec.fine_tuned_model,
+                "trained_tokens": trained_tokens,
+                "best_step": best_step,
+                "best_valid_loss": best_valid_loss,
+            },
         )
 
     def cancelled(self, step: int) -> None:
@@ -157,3 +214,7 @@ class Reporter:
             level="error",
             data={"traceback": traceback.format_exc(limit=8)},
         )
+
+
+def _best(stopper: EarlyStopping) -> dict[str, Any]:
+    return {"best_step": stopper.best_step, "best_valid_loss": stopper.best_loss}

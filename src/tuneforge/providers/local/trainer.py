@@ -19,13 +19,10 @@ step, which makes a resumed run repeat an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,8 +39,10 @@ from transformers import (
 from tuneforge.providers.contract import resolve_hyperparameters
 from tuneforge.providers.local.checkpoints import (
     latest_checkpoint,
+    load_adapter_weights,
     restore_checkpoint,
     save_adapter,
+    save_best_adapter,
     save_checkpoint,
 )
 from tuneforge.providers.local.data import (
@@ -56,29 +55,16 @@ from tuneforge.providers.local.data import (
 from tuneforge.providers.local.jobdir import JobPaths, LocalHyperparameters, read_spec
 from tuneforge.providers.local.modeling import AssistantTokenLoss, use_segment_attention
 from tuneforge.providers.local.reporting import Reporter
+from tuneforge.providers.local.runtime import Runtime, cpu_has_native_bf16, start_runtime
+from tuneforge.providers.local.stopping import EarlyStopping, holdout_indices, resolve_patience
 
 BASE_LEARNING_RATE = 2e-4  # LoRA's usual rate; the job's multiplier scales it
 MAX_GRAD_NORM = 1.0
 MAX_SKIPPED_STEPS = 3  # consecutive non-finite steps before a run counts as diverged
-AUTO_INTERVALS = 10  # evaluations and checkpoints per run when left on auto
+AUTO_INTERVALS = 10  # at least this many evaluations and checkpoints per run on auto
+EVAL_EVERY_TOKENS = 4096  # on auto, a held-out evaluation about every this many tokens
 
 StopCheck = Callable[[], bool]
-
-
-@dataclass(frozen=True)
-class Runtime:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
 
 
 @dataclass(frozen=True)
@@ -92,51 +78,28 @@ class Plan:
     eval_every: int
     checkpoint_every: int
     max_seq_length: int
+    holdout_examples: int
+    early_stopping_patience: int
+    early_stopping_min_delta: float
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def start_runtime() -> Runtime:
-    """Join the torchrun process group when launched by torchrun, else run alone."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        if local_rank >= torch.cuda.device_count():
-            raise ValueError(
-                f"num_processes asks for GPU {local_rank}; this machine has "
-                f"{torch.cuda.device_count()}"
-            )
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-        torch.set_num_threads(cpu_threads_per_process())
-    if world_size > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(int(os.environ.get("RANK", "0")), world_size, local_rank, device)
-
-
-def cpu_threads_per_process() -> int:
-    """``OMP_NUM_THREADS`` when set (the launcher sets it per rank), else every usable core."""
-    configured = os.environ.get("OMP_NUM_THREADS")
-    return int(configured) if configured else len(os.sched_getaffinity(0))
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 instructions; elsewhere bf16 is emulated and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_plan(
-    hp: LocalHyperparameters, n_examples: int, max_seq_length: int, world_size: int
+    hp: LocalHyperparameters,
+    n_examples: int,
+    max_seq_length: int,
+    world_size: int,
+    *,
+    mean_example_tokens: float,
+    holdout_examples: int,
+    has_valid: bool,
 ) -> Plan:
-    """Concrete numbers for "auto" and the schedule; a batch always feeds every process."""
+    """Concrete numbers for "auto" and the schedule; a batch always feeds every process.
+
+    Evaluations on auto follow the tokens trained, not the run's length, so a long run at a
+    small batch is judged early and often enough for early stopping to bite."""
     resolved = resolve_hyperparameters(hp, n_examples)
     batch_size = min(max(resolved.batch_size, world_size), n_examples)
     if batch_size < world_size:
@@ -144,6 +107,8 @@ def resolve_plan(
     steps_per_epoch = math.ceil(n_examples / batch_size)
     total = steps_per_epoch * resolved.n_epochs
     interval = max(1, math.ceil(total / AUTO_INTERVALS))
+    step_tokens = max(1.0, batch_size * mean_example_tokens)
+    eval_interval = min(interval, max(1, round(EVAL_EVERY_TOKENS / step_tokens)))
     return Plan(
         n_epochs=resolved.n_epochs,
         batch_size=batch_size,
@@ -151,9 +116,12 @@ def resolve_plan(
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
         warmup_steps=math.ceil(hp.warmup_ratio * total),
-        eval_every=hp.eval_every_steps or interval,
+        eval_every=hp.eval_every_steps or eval_interval,
         checkpoint_every=hp.checkpoint_every_steps or interval,
         max_seq_length=max_seq_length,
+        holdout_examples=holdout_examples,
+        early_stopping_patience=resolve_patience(hp.early_stopping_patience, has_valid),
+        early_stopping_min_delta=hp.early_stopping_min_delta,
     )
 
 
@@ -222,8 +190,24 @@ def build_run(paths: JobPaths, runtime: Runtime, reporter: Reporter) -> Training
     )
     if not train.examples:
         raise ValueError("No training example has an assistant turn to learn from")
-    plan = resolve_plan(hp, len(train.examples), max_len, runtime.world_size)
+    examples, held_out = train.examples, []
+    if not spec.has_validation:
+        chosen = set(holdout_indices(len(examples), hp.holdout_fraction, spec.seed))
+        held_out = [e for i, e in enumerate(examples) if i in chosen]
+        examples = [e for i, e in enumerate(examples) if i not in chosen]
+        valid = held_out
+    plan = resolve_plan(
+        hp,
+        len(examples),
+        max_len,
+        runtime.world_size,
+        mean_example_tokens=sum(e.length for e in examples) / len(examples),
+        holdout_examples=len(held_out),
+        has_valid=bool(valid),
+    )
     reporter.dataset(train, plan.max_seq_length)
+    if not spec.has_validation:
+        reporter.holdout(len(held_out), len(train.examples), hp.holdout_fraction)
     torch.manual_seed(spec.seed)  # identical LoRA initialisation on every rank
     lora = LoraConfig(
         r=hp.lora_r,
@@ -251,7 +235,7 @@ def build_run(paths: JobPaths, runtime: Runtime, reporter: Reporter) -> Training
         loss_model=loss_model,
         optimizer=optimizer,
         scheduler=scheduler,
-        train=train.examples,
+        train=examples,
         valid=valid,
         micro_batch_tokens=hp.micro_batch_tokens,
         seed=spec.seed,
@@ -362,16 +346,26 @@ def run_training(paths: JobPaths, stop: StopCheck) -> str:
 def _train(paths: JobPaths, runtime: Runtime, reporter: Reporter, stop: StopCheck) -> str:
     run = build_run(paths, runtime, reporter)
     plan = run.plan
-    start_step, trained_tokens = 0, 0
+    start_step, trained_tokens, stopping_state = 0, 0, None
     checkpoint = latest_checkpoint(paths)
     if checkpoint is not None:
-        trained_tokens = restore_checkpoint(checkpoint, run.model, run.optimizer, run.scheduler)
+        restored = restore_checkpoint(checkpoint, run.model, run.optimizer, run.scheduler)
+        trained_tokens, stopping_state = restored.trained_tokens, restored.early_stopping
         start_step = checkpoint.step
+    stopper = EarlyStopping.restore(
+        stopping_state,
+        patience=plan.early_stopping_patience,
+        min_delta=plan.early_stopping_min_delta,
+    )
     reporter.started(plan, start_step, trained_tokens)
-    skipped_in_a_row = 0
+    skipped_in_a_row, done = 0, start_step
     if not runtime.distributed and stop():
         reporter.cancelled(start_step)
         return "cancelled"
+    if start_step == 0 and run.valid:  # the base model's figures: every chart starts there
+        baseline = _finite(evaluate(run))
+        reporter.step(0, baseline, 0)
+        _judge(paths, run, reporter, stopper, 0, baseline)
     for step in range(start_step, plan.total_steps):
         if step % plan.steps_per_epoch == 0 or step == start_step:
             reporter.epoch(step // plan.steps_per_epoch + 1, plan.n_epochs, step)
@@ -383,6 +377,7 @@ def _train(paths: JobPaths, runtime: Runtime, reporter: Reporter, stop: StopChec
         trained_tokens += int(metrics.pop("tokens"))
         if math.isfinite(metrics["grad_norm"]):
             skipped_in_a_row = 0
+            stopper.track_train_loss(metrics["train_loss"])
         else:
             skipped_in_a_row += 1
             if skipped_in_a_row >= MAX_SKIPPED_STEPS:
@@ -391,11 +386,13 @@ def _train(paths: JobPaths, runtime: Runtime, reporter: Reporter, stop: StopChec
                     "gradients; try a lower learning_rate_multiplier"
                 )
             reporter.skipped(done)
-        if run.valid and (done % plan.eval_every == 0 or done == plan.total_steps):
+        evaluated = bool(run.valid) and (done % plan.eval_every == 0 or done == plan.total_steps)
+        if evaluated:
             metrics |= evaluate(run)
-        # A skipped step's loss is NaN: JSON and the metrics table cannot hold it.
-        metrics = {name: value for name, value in metrics.items() if math.isfinite(value)}
+        metrics = _finite(metrics)
         reporter.step(done, metrics, trained_tokens)
+        if evaluated and _judge(paths, run, reporter, stopper, done, metrics):
+            break
         if done % plan.checkpoint_every == 0 and done < plan.total_steps and runtime.is_main:
             saved = save_checkpoint(
                 paths,
@@ -405,9 +402,40 @@ def _train(paths: JobPaths, runtime: Runtime, reporter: Reporter, stop: StopChec
                 scheduler=run.scheduler,
                 trained_tokens=trained_tokens,
                 metrics=metrics,
+                early_stopping=stopper.state(),
             )
             reporter.checkpoint_saved(done, saved)
+    best_step = stopper.best_step
     if runtime.is_main:
+        if best_step is not None and best_step != done:
+            load_adapter_weights(run.model, paths.best_adapter)
         save_adapter(paths, run.model, run.tokenizer)
-    reporter.succeeded(trained_tokens)
+    reporter.succeeded(trained_tokens, best_step=best_step, best_valid_loss=stopper.best_loss)
     return "succeeded"
+
+
+def _judge(
+    paths: JobPaths,
+    run: TrainingRun,
+    reporter: Reporter,
+    stopper: EarlyStopping,
+    step: int,
+    metrics: dict[str, float],
+) -> bool:
+    """Weigh an evaluation: keep the best weights, warn on overfitting; True means stop."""
+    valid_loss = metrics.get("valid_loss")
+    if valid_loss is None:
+        return False
+    verdict = stopper.observe(step, valid_loss)
+    if verdict.improved and run.runtime.is_main:
+        save_best_adapter(paths, run.model)
+    if verdict.overfitting:
+        reporter.overfitting(step, valid_loss, stopper)
+    if verdict.stop:
+        reporter.stopped_early(step, run.plan.total_steps, stopper)
+    return verdict.stop
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    """A skipped step's loss is NaN: JSON and the metrics table cannot hold it."""
+    return {name: value for name, value in metrics.items() if math.isfinite(value)}
