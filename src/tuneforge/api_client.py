@@ -6,9 +6,11 @@ user can reach, with the same authorization and validation as every other client
 
 from __future__ import annotations
 
+import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Annotated, Any
 
@@ -20,6 +22,7 @@ STREAM_RECONNECT_ATTEMPTS = 5
 STREAM_RECONNECT_DELAY_SECONDS = 2.0
 # The server sends a keepalive comment every 15 s; four missed ones mean a dead connection.
 STREAM_READ_TIMEOUT_SECONDS = 60.0
+UPLOAD_CHUNK_BYTES = 256 * 1024
 
 ApiUrlOption = Annotated[
     str,
@@ -83,10 +86,40 @@ def _error_detail(response: httpx.Response) -> str:
     return str(body)
 
 
+def _multipart(
+    fields: dict[str, str], path: Path, on_chunk: Callable[[int], None]
+) -> tuple[str, int, Iterator[bytes]]:
+    """A streamed multipart body: (content type, exact length, chunks read as they go)."""
+    boundary = secrets.token_hex(16)
+    head = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    )
+    filename = path.name.replace('"', "%22")
+    head += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+
+    def chunks() -> Iterator[bytes]:
+        yield head
+        with path.open("rb") as file:
+            while chunk := file.read(UPLOAD_CHUNK_BYTES):
+                on_chunk(len(chunk))
+                yield chunk
+        yield tail
+
+    length = len(head) + path.stat().st_size + len(tail)
+    return f"multipart/form-data; boundary={boundary}", length, chunks()
+
+
 class ApiClient:
     """JSON requests with the bearer token; any error response raises ``ApiError``."""
 
-    def __init__(self, api_url: str, token: str | None, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, api_url: str, token: str | None, *, timeout: float | httpx.Timeout = 30.0
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.api_url = api_url.rstrip("/")
         self._http = httpx.Client(base_url=self.api_url, headers=headers, timeout=timeout)
@@ -116,6 +149,18 @@ class ApiClient:
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.request("POST", path, json=body)
+
+    def upload(
+        self, path: str, fields: dict[str, str], file: Path, on_chunk: Callable[[int], None]
+    ) -> Any:
+        """POST ``fields`` and ``file`` (as the ``file`` field), streamed from disk as a
+        multipart form; ``on_chunk`` gets the size of each piece of the file as it is sent.
+
+        The exact length goes out as Content-Length, so a server refuses an oversized file
+        before any of it is sent."""
+        content_type, length, body = _multipart(fields, file, on_chunk)
+        headers = {"Content-Type": content_type, "Content-Length": str(length)}
+        return self.request("POST", path, content=body, headers=headers)
 
     def follow_events(self, path: str) -> Iterator[ServerSentEvent]:
         """An SSE endpoint's messages until the server ends the stream.

@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from tuneforge.agents.endpoints import router as agents_router
 from tuneforge.auth.cache import PrincipalCache
@@ -24,11 +24,14 @@ from tuneforge.db.engine import make_engine, make_session_factory
 from tuneforge.db.migrate import ensure_migrated
 from tuneforge.db.session import SessionDep, session_slots
 from tuneforge.errors import ServiceUnavailable, TuneForgeError, error_responses
+from tuneforge.inference.calls import InferenceRuntime
 from tuneforge.inference.endpoints import agent_chat_router, openai_router
+from tuneforge.inference.engine import InferenceEngine
 from tuneforge.jobs.endpoints import router as jobs_router
 from tuneforge.models.endpoints import router as models_router
 from tuneforge.models.endpoints import stats_router
 from tuneforge.providers.endpoints import router as base_models_router
+from tuneforge.state import AppState
 from tuneforge.web.errors import install_dashboard_error_pages
 from tuneforge.web.routes import router as web_router
 from tuneforge.web.templating import WEB_DIR
@@ -45,10 +48,34 @@ class HealthResponse(BaseModel):
 ABANDONED_UPLOAD_SECONDS = 6 * 60 * 60
 
 
+def build_state(settings: Settings, engine: Engine) -> AppState:
+    """Every object the app's requests share, each made once here."""
+    session_factory = make_session_factory(engine)
+    return AppState(
+        settings=settings,
+        engine=engine,
+        session_factory=session_factory,
+        read_session_factory=make_session_factory(
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+        ),
+        session_slots=session_slots(engine),
+        shared=[
+            PrincipalCache(settings.auth_cache_seconds),
+            # Its engine loads a model at the first chat: an app that never chats loads none.
+            InferenceRuntime(
+                settings=settings,
+                engine=InferenceEngine(settings.inference_cache_bytes),
+                session_factory=session_factory,
+            ),
+        ],
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.ensure_data_dir()
     engine = make_engine(settings.resolved_database_url)
+    state = build_state(settings, engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         worker = None
         if settings.embedded_worker:
-            worker = WorkerThread(app.state.session_factory, settings).start()
+            worker = WorkerThread(state.session_factory, settings).start()
         yield
         if worker is not None:
             worker.stop()
@@ -76,14 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/api/openapi.json",
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.engine = engine
-    app.state.session_factory = make_session_factory(engine)
-    app.state.read_session_factory = make_session_factory(
-        engine.execution_options(isolation_level="AUTOCOMMIT")
-    )
-    app.state.session_slots = session_slots(engine)
-    app.state.principals = PrincipalCache(settings.auth_cache_seconds)
+    app.state = state
     install_error_handler(app)
     install_dashboard_error_pages(app)
     if settings.cors_origins:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from tests.fixtures.api import Account, register
 from tuneforge.app import create_app
-from tuneforge.auth.cache import credential_key
+from tuneforge.auth.cache import PrincipalCache, credential_key
 from tuneforge.auth.service import LAST_USED_RESOLUTION
 from tuneforge.config import Settings
 from tuneforge.db.tables.auth import ApiKey, Membership, User
@@ -195,7 +195,7 @@ def test_each_kind_of_credential_authenticates_in_one_query_then_from_the_cache(
     app: FastAPI, client: TestClient, account: Account
 ) -> None:
     key = api_key_for(client, account)
-    app.state.principals.evict(credential_key(account.token))
+    app.state.shared(PrincipalCache).evict(credential_key(account.token))
 
     for token in (account.token, key):
         headers = {"Authorization": f"Bearer {token}"}

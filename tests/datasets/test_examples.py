@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from tests.fixtures.api import Account
 from tests.fixtures.files import Upload, chat, jsonl, valid_jsonl
-from tuneforge.datasets.service import assign_split
+from tuneforge.datasets.ingest import assign_split
 from tuneforge.db.tables.datasets import ExampleSplit
 
 BASE = "/fine-tuning/datasets"

@@ -9,22 +9,29 @@ from starlette.concurrency import run_in_threadpool
 
 from tuneforge.auth import service
 from tuneforge.auth.cache import PrincipalCache, credential_key
+from tuneforge.auth.cookies import CSRF_HEADER, csrf_valid, session_token
 from tuneforge.auth.service import Principal
 from tuneforge.config import Settings
-from tuneforge.db.session import SAFE_METHODS, SessionDep, SettingsDep, request_unit_of_work
+from tuneforge.db.session import SAFE_METHODS, SessionDep, request_unit_of_work
 from tuneforge.errors import Forbidden, Unauthorized
-from tuneforge.web.session import CSRF_HEADER, csrf_valid, session_token
+from tuneforge.state import SettingsDep, app_state
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT access token or an API key (tf-...)")
 
 
+async def get_principal_cache(request: Request) -> PrincipalCache:
+    return app_state(request).shared(PrincipalCache)
+
+
+PrincipalCacheDep = Annotated[PrincipalCache, Depends(get_principal_cache)]
+
+
 async def authenticate(
-    request: Request, session: Session, settings: Settings, bearer: str
+    cache: PrincipalCache, session: Session, settings: Settings, bearer: str
 ) -> Principal:
     """The bearer's principal: from the recently authenticated ones, else from the database.
 
     Async, so that a cached credential costs no threadpool hop."""
-    cache: PrincipalCache = request.app.state.principals
     key = credential_key(bearer)
     principal = cache.get(key)
     if principal is None:
@@ -37,12 +44,13 @@ async def get_principal(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
+    cache: PrincipalCacheDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """The bearer header first; else the dashboard's session cookie, whose unsafe requests
     must carry the page's CSRF token so another site cannot ride on the cookie."""
     if credentials is not None and credentials.scheme.lower() == "bearer":
-        return await authenticate(request, session, settings, credentials.credentials)
+        return await authenticate(cache, session, settings, credentials.credentials)
     cookie = session_token(request)
     if cookie is None:
         raise Unauthorized("Missing bearer token")
@@ -50,7 +58,7 @@ async def get_principal(
         request, settings, request.headers.get(CSRF_HEADER)
     ):
         raise Forbidden(f"A cookie-authenticated {request.method} needs the {CSRF_HEADER} header")
-    return await authenticate(request, session, settings, cookie)
+    return await authenticate(cache, session, settings, cookie)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
@@ -63,10 +71,14 @@ async def get_principal_briefly(
     """``PrincipalDep``'s checks in a unit of work of their own, ended before the endpoint
     runs: for endpoints whose long work (a streamed upload, a generation) must hold neither
     a session slot nor the row lock of an API key's ``last_used_at`` write."""
-    state = request.app.state
+    state = app_state(request)
     async with request_unit_of_work(state, read_only=False) as session:
         return await get_principal(
-            request=request, session=session, settings=state.settings, credentials=credentials
+            request=request,
+            session=session,
+            settings=state.settings,
+            cache=state.shared(PrincipalCache),
+            credentials=credentials,
         )
 
 

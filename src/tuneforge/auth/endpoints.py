@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, BackgroundTasks, Request, status
+from fastapi import APIRouter, BackgroundTasks, status
 
 from tuneforge.auth import service
-from tuneforge.auth.deps import PrincipalDep
+from tuneforge.auth.deps import PrincipalCacheDep, PrincipalDep
 from tuneforge.auth.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -16,8 +16,9 @@ from tuneforge.auth.schemas import (
     TokenResponse,
     UserOut,
 )
-from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.session import SessionDep
 from tuneforge.errors import Conflict, NotFound, Unauthorized, error_responses
+from tuneforge.state import SettingsDep
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -74,7 +75,9 @@ def me(principal: PrincipalDep) -> MeResponse:
 def create_api_key(
     body: ApiKeyCreate, principal: PrincipalDep, session: SessionDep
 ) -> ApiKeyCreated:
-    api_key, key = service.create_api_key(session, principal, body)
+    api_key, key = service.create_api_key(
+        session, principal.organization_id, principal.user_id, body
+    )
     return ApiKeyCreated(**ApiKeyOut.model_validate(api_key).model_dump(), key=key)
 
 
@@ -85,7 +88,10 @@ def create_api_key(
     responses=error_responses(Unauthorized),
 )
 def list_api_keys(principal: PrincipalDep, session: SessionDep) -> list[ApiKeyOut]:
-    return [ApiKeyOut.model_validate(k) for k in service.list_api_keys(session, principal)]
+    return [
+        ApiKeyOut.model_validate(k)
+        for k in service.list_api_keys(session, principal.organization_id)
+    ]
 
 
 @router.delete(
@@ -96,15 +102,14 @@ def list_api_keys(principal: PrincipalDep, session: SessionDep) -> list[ApiKeyOu
 )
 def revoke_api_key(
     api_key_id: str,
-    request: Request,
     principal: PrincipalDep,
     session: SessionDep,
+    principals: PrincipalCacheDep,
     after_commit: BackgroundTasks,
 ) -> ApiKeyOut:
     """Evicts the key from this process's credential cache now, and again once the
     revocation is committed: a request in between would have cached it afresh."""
-    api_key = service.revoke_api_key(session, principal, api_key_id)
-    principals = request.app.state.principals
+    api_key = service.revoke_api_key(session, principal.organization_id, api_key_id)
     principals.evict(api_key.key_hash)
     after_commit.add_task(principals.evict, api_key.key_hash)
     return ApiKeyOut.model_validate(api_key)

@@ -59,6 +59,10 @@ class Principal:
     def organization_id(self) -> str:
         return self.organization.id
 
+    @property
+    def user_id(self) -> str:
+        return self.user.id
+
     @classmethod
     def of(cls, access: repository.Access, expires_at: datetime | None = None) -> Principal:
         user, organization = access.user, access.organization
@@ -133,12 +137,12 @@ def authenticate(session: Session, bearer: str, settings: Settings) -> Principal
 
 
 def create_api_key(
-    session: Session, principal: Principal, request: ApiKeyCreate
+    session: Session, organization_id: str, user_id: str, request: ApiKeyCreate
 ) -> tuple[ApiKey, str]:
     key = generate_api_key()
     api_key = ApiKey(
-        organization_id=principal.organization_id,
-        user_id=principal.user.id,
+        organization_id=organization_id,
+        user_id=user_id,
         name=request.name,
         prefix=key[:10],
         key_hash=hash_api_key(key),
@@ -148,12 +152,12 @@ def create_api_key(
     return api_key, key
 
 
-def list_api_keys(session: Session, principal: Principal) -> list[ApiKey]:
-    return repository.list_api_keys(session, principal.organization_id)
+def list_api_keys(session: Session, organization_id: str) -> list[ApiKey]:
+    return repository.list_api_keys(session, organization_id)
 
 
-def revoke_api_key(session: Session, principal: Principal, api_key_id: str) -> ApiKey:
-    api_key = get_owned(session, ApiKey, api_key_id, principal.organization_id, label="API key")
+def revoke_api_key(session: Session, organization_id: str, api_key_id: str) -> ApiKey:
+    api_key = get_owned(session, ApiKey, api_key_id, organization_id, label="API key")
     if api_key.revoked_at is None:
         api_key.revoked_at = utcnow()
     return api_key

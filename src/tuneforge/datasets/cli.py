@@ -6,8 +6,8 @@ machine that can reach it and go through the same checks and scoping as every ot
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,84 +24,31 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from tuneforge.api_client import DEFAULT_API_URL, ApiClient, ApiError, ApiUrlOption, TokenOption
+
 datasets_app = typer.Typer(
     help="Upload, validate and list datasets through the TuneForge API.", no_args_is_help=True
 )
 console = Console()
 
-CHUNK_BYTES = 256 * 1024
+DATASETS = "/fine-tuning/datasets"
 SHOWN_ERRORS = 20
 # Validation runs inside the upload request, so a large file needs a long read timeout.
 TIMEOUT = httpx.Timeout(30.0, read=900.0)
 
-ApiUrl = Annotated[
-    str,
-    typer.Option("--api-url", envvar="TUNEFORGE_API_URL", help="Base URL of the TuneForge server."),
-]
-Token = Annotated[
-    str,
-    typer.Option(
-        "--token", envvar="TUNEFORGE_TOKEN", help="An API key (tf-...) or a JWT access token."
-    ),
-]
 Model = Annotated[str | None, typer.Option("--model", help="Base model to validate against.")]
-DEFAULT_API_URL = "http://127.0.0.1:8000"
 
 
-def _client(api_url: str, token: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=api_url.rstrip("/"),
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=TIMEOUT,
-    )
-
-
-def _send(api_url: str, call: Callable[[], httpx.Response]) -> Any:
-    """The JSON body of a successful call; otherwise the server's error, and exit code 1."""
+@contextmanager
+def _api(api_url: str, token: str | None) -> Iterator[ApiClient]:
+    """A client whose errors become one red line (with the HTTP status) and exit status 1."""
     try:
-        response = call()
-    except httpx.TransportError as exc:
-        console.print(f"[red]Cannot reach {api_url}:[/red] {exc}")
+        with ApiClient(api_url, token, timeout=TIMEOUT) as client:
+            yield client
+    except ApiError as exc:
+        label = f"Error {exc.status_code}:" if exc.status_code else "Error:"
+        console.print(f"[red]{label}[/red] {exc.detail}")
         raise typer.Exit(1) from exc
-    if response.is_success:
-        return response.json()
-    try:
-        detail = response.json().get("detail", response.text)
-    except ValueError:
-        detail = response.text
-    console.print(f"[red]Error {response.status_code}:[/red] {detail}")
-    raise typer.Exit(1)
-
-
-def _multipart(
-    fields: dict[str, str], path: Path, on_chunk: Callable[[int], None]
-) -> tuple[str, int, Iterator[bytes]]:
-    """A streamed multipart body: (content type, exact length, chunks read as they go).
-
-    The exact length goes out as Content-Length, so an oversized file is refused at once.
-    """
-    boundary = secrets.token_hex(16)
-    head = b"".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-        for name, value in fields.items()
-    )
-    filename = path.name.replace('"', "%22")
-    head += (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-        f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
-    ).encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-
-    def chunks() -> Iterator[bytes]:
-        yield head
-        with path.open("rb") as file:
-            while chunk := file.read(CHUNK_BYTES):
-                on_chunk(len(chunk))
-                yield chunk
-        yield tail
-
-    length = len(head) + path.stat().st_size + len(tail)
-    return f"multipart/form-data; boundary={boundary}", length, chunks()
 
 
 def _status(status: str) -> str:
@@ -193,7 +140,6 @@ def upload(
     file: Annotated[
         Path, typer.Argument(exists=True, dir_okay=False, readable=True, help=".jsonl or .csv")
     ],
-    token: Token,
     name: Annotated[str | None, typer.Option(help="Dataset name; defaults to the file's.")] = None,
     description: Annotated[str | None, typer.Option(help="Free-text description.")] = None,
     model: Model = None,
@@ -201,7 +147,8 @@ def upload(
         float, typer.Option(min=0.0, max=0.5, help="Share held out for validation.")
     ] = 0.0,
     split_seed: Annotated[int, typer.Option(min=0, help="Seed of the stable split.")] = 0,
-    api_url: ApiUrl = DEFAULT_API_URL,
+    api_url: ApiUrlOption = DEFAULT_API_URL,
+    token: TokenOption = None,
 ) -> None:
     """Upload a dataset file with a progress bar, then print its validation report."""
     fields = {
@@ -221,7 +168,7 @@ def upload(
         TimeRemainingColumn(),
         console=console,
     )
-    with progress, _client(api_url, token) as client:
+    with progress, _api(api_url, token) as client:
         task = progress.add_task(f"Uploading {file.name}", total=file.stat().st_size)
 
         def advance(size: int) -> None:
@@ -229,28 +176,21 @@ def upload(
             if progress.tasks[task].finished:
                 progress.update(task, description="Validating on the server")
 
-        content_type, length, body = _multipart(fields, file, advance)
-        headers = {"Content-Type": content_type, "Content-Length": str(length)}
-        dataset = _send(
-            api_url, lambda: client.post("/fine-tuning/datasets", content=body, headers=headers)
-        )
+        dataset = client.upload(DATASETS, fields, file, advance)
     _print_report(dataset)
 
 
 @datasets_app.command()
 def validate(
     dataset_id: Annotated[str, typer.Argument(help="Dataset id.")],
-    token: Token,
     model: Model = None,
-    api_url: ApiUrl = DEFAULT_API_URL,
+    api_url: ApiUrlOption = DEFAULT_API_URL,
+    token: TokenOption = None,
 ) -> None:
     """Re-validate a dataset's stored examples and print the report; exit 1 if invalid."""
     body = {"model": model} if model else {}
-    with _client(api_url, token) as client, console.status("Validating"):
-        dataset = _send(
-            api_url,
-            lambda: client.post(f"/fine-tuning/datasets/{dataset_id}/validate", json=body),
-        )
+    with _api(api_url, token) as client, console.status("Validating"):
+        dataset = client.post(f"{DATASETS}/{dataset_id}/validate", body)
     _print_report(dataset)
     if dataset["status"] != "valid":
         raise typer.Exit(1)
@@ -258,20 +198,15 @@ def validate(
 
 @datasets_app.command("list")
 def list_datasets(
-    token: Token,
     status: Annotated[str | None, typer.Option(help="uploaded, valid or invalid.")] = None,
     name: Annotated[str | None, typer.Option(help="Name contains this.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
-    api_url: ApiUrl = DEFAULT_API_URL,
+    api_url: ApiUrlOption = DEFAULT_API_URL,
+    token: TokenOption = None,
 ) -> None:
     """List the organization's datasets, newest first."""
-    params: dict[str, Any] = {"limit": limit}
-    if status:
-        params["status"] = status
-    if name:
-        params["name"] = name
-    with _client(api_url, token) as client:
-        page = _send(api_url, lambda: client.get("/fine-tuning/datasets", params=params))
+    with _api(api_url, token) as client:
+        page = client.get(DATASETS, limit=limit, status=status or None, name=name or None)
     table = Table(title=f"Datasets ({page['total']})", title_justify="left")
     for column in ("id", "name", "format", "status", "examples", "tokens", "created"):
         table.add_column(column, no_wrap=column == "id")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from tuneforge.auth.deps import BriefPrincipalDep, PrincipalDep
-from tuneforge.datasets import importers, service, storage
+from tuneforge.datasets import importers, ingest, service, storage
 from tuneforge.datasets.schemas import (
     DatasetOut,
     DatasetPage,
@@ -25,7 +25,7 @@ from tuneforge.datasets.schemas import (
     SplitRequest,
     ValidateRequest,
 )
-from tuneforge.db.session import SessionDep, SettingsDep, request_unit_of_work
+from tuneforge.db.session import SessionDep, request_unit_of_work
 from tuneforge.db.tables.datasets import DatasetFormat, DatasetStatus, ExampleSplit
 from tuneforge.errors import (
     InvalidInput,
@@ -35,6 +35,7 @@ from tuneforge.errors import (
     UnsupportedMediaType,
     error_responses,
 )
+from tuneforge.state import AppStateDep, SettingsDep
 
 router = APIRouter(prefix="/fine-tuning/datasets", tags=["datasets"])
 
@@ -57,17 +58,23 @@ Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
     openapi_extra=DatasetUploadForm.openapi_body(),
 )
 async def upload_dataset(
-    request: Request, principal: BriefPrincipalDep, settings: SettingsDep
+    request: Request, principal: BriefPrincipalDep, state: AppStateDep
 ) -> DatasetOut:
     """The body streams in before a session is taken: a slow upload holds no session slot."""
+    settings = state.settings
     limit = settings.upload_limit_bytes
     storage.check_content_length(request.headers.get("content-length"), limit)
     upload = await storage.receive_upload(
         request.headers.get("content-type"), request.stream(), settings.uploads_dir, limit
     )
-    async with request_unit_of_work(request.app.state, read_only=False) as session:
+    async with request_unit_of_work(state, read_only=False) as session:
         dataset = await run_in_threadpool(
-            service.create_from_upload, session, principal, upload, settings
+            ingest.create_from_upload,
+            session,
+            principal.organization_id,
+            principal.user_id,
+            upload,
+            settings,
         )
         return DatasetOut.model_validate(dataset)
 
@@ -112,7 +119,9 @@ def list_datasets(
 def import_conversations(
     body: ImportRequest, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> DatasetOut:
-    dataset = importers.import_conversations(session, principal, body, settings)
+    dataset = importers.import_conversations(
+        session, principal.organization_id, principal.user_id, body, settings
+    )
     return DatasetOut.model_validate(dataset)
 
 

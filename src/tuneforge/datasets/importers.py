@@ -12,9 +12,15 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session
 
 from tuneforge.agents import service as agents_service
-from tuneforge.auth.service import Principal
 from tuneforge.config import Settings
-from tuneforge.datasets import repository, service
+from tuneforge.datasets import repository
+from tuneforge.datasets.ingest import (
+    apply_report,
+    ingest_examples,
+    report_builder,
+    revalidate_rows,
+    validation_model,
+)
 from tuneforge.datasets.parsing import RawExample
 from tuneforge.datasets.schemas import ImportFilter, ImportRequest
 from tuneforge.db.scoping import get_owned
@@ -99,13 +105,16 @@ def preview_import(session: Session, organization_id: str, request: ImportFilter
 
 
 def import_conversations(
-    session: Session, principal: Principal, request: ImportRequest, settings: Settings
+    session: Session,
+    organization_id: str,
+    user_id: str,
+    request: ImportRequest,
+    settings: Settings,
 ) -> FineTuningDataset:
     """Append matching conversations to a new or existing dataset, then validate all of it.
 
     Existing rows are re-validated in the same pass, so the report covers the whole dataset.
     """
-    organization_id = principal.organization_id
     conversations = agents_service.iter_conversations_for_import(
         session, organization_id, **_filters(request)
     )
@@ -116,7 +125,7 @@ def import_conversations(
     else:
         dataset = FineTuningDataset(
             organization_id=organization_id,
-            created_by=principal.user.id,
+            created_by=user_id,
             name=request.name,
             description=request.description,
             format=DatasetFormat.CONVERSATIONS,
@@ -127,12 +136,12 @@ def import_conversations(
         )
         session.add(dataset)
         session.flush()
-    builder = service.report_builder(service.validation_model(dataset, request.model), settings)
-    service.revalidate_rows(session, dataset, builder)
+    builder = report_builder(validation_model(dataset, request.model), settings)
+    revalidate_rows(session, dataset, builder)
     first_line = repository.max_line_number(session, dataset.id) + 1
     examples = _examples(session, organization_id, conversations, request, first_line)
-    if service.ingest(session, dataset, examples, builder) == 0:
+    if ingest_examples(session, dataset, examples, builder) == 0:
         raise InvalidInput("No conversations match these filters", field="filters")
-    service.apply_report(dataset, builder)
+    apply_report(dataset, builder)
     session.flush()
     return dataset

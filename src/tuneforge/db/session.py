@@ -1,4 +1,4 @@
-"""FastAPI dependencies for settings and the per-request session."""
+"""The per-request session: its FastAPI dependency and the unit of work under it."""
 
 from __future__ import annotations
 
@@ -11,16 +11,10 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import State
 
-from tuneforge.config import Settings
+from tuneforge.state import AppState, app_state
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-async def get_app_settings(request: Request) -> Settings:
-    """Async so that FastAPI calls it inline instead of through the threadpool."""
-    return request.app.state.settings
 
 
 def session_slots(engine: Engine) -> anyio.CapacityLimiter:
@@ -56,7 +50,7 @@ def _ends_without_io(session: Session, *, autocommit: bool) -> bool:
 
 
 @asynccontextmanager
-async def request_unit_of_work(state: State, *, read_only: bool) -> AsyncIterator[Session]:
+async def request_unit_of_work(state: AppState, *, read_only: bool) -> AsyncIterator[Session]:
     """A request's unit of work on the app's pool: commit on success, roll back on error.
 
     A read-only one is in autocommit: under READ COMMITTED each statement sees its own
@@ -78,11 +72,10 @@ async def request_unit_of_work(state: State, *, read_only: bool) -> AsyncIterato
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
     """The request's session: services never commit, this does (or rolls back). Safe
-    methods get a read-only one."""
+    methods get a read-only one. Async, so that FastAPI runs it inline."""
     read_only = request.method in SAFE_METHODS
-    async with request_unit_of_work(request.app.state, read_only=read_only) as session:
+    async with request_unit_of_work(app_state(request), read_only=read_only) as session:
         yield session
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]

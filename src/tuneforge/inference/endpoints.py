@@ -7,17 +7,15 @@ key's ``last_used_at`` write.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
 from tuneforge.auth.deps import BriefPrincipalDep
-from tuneforge.config import Settings
 from tuneforge.errors import (
     Conflict,
     Forbidden,
@@ -29,8 +27,7 @@ from tuneforge.errors import (
     error_responses,
 )
 from tuneforge.inference import service
-from tuneforge.inference.calls import InferenceRuntime
-from tuneforge.inference.engine import InferenceEngine
+from tuneforge.inference.deps import RuntimeDep
 from tuneforge.inference.schemas import (
     AgentChatRequest,
     AgentChatResponse,
@@ -39,8 +36,6 @@ from tuneforge.inference.schemas import (
     ModelList,
     OpenAIErrorBody,
 )
-
-_runtime_lock = threading.Lock()
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -56,25 +51,6 @@ def _openai_error_responses(*errors: type[TuneForgeError]) -> dict[int | str, di
         status: entry | {"model": OpenAIErrorBody}
         for status, entry in error_responses(*errors).items()
     }
-
-
-def get_runtime(request: Request) -> InferenceRuntime:
-    """The app's inference runtime, created on first use so apps that never chat load nothing."""
-    state = request.app.state
-    with _runtime_lock:
-        runtime: InferenceRuntime | None = getattr(state, "inference_runtime", None)
-        if runtime is None:
-            settings: Settings = state.settings
-            runtime = InferenceRuntime(
-                settings=settings,
-                engine=InferenceEngine(settings.inference_cache_bytes),
-                session_factory=state.session_factory,
-            )
-            state.inference_runtime = runtime
-    return runtime
-
-
-RuntimeDep = Annotated[InferenceRuntime, Depends(get_runtime)]
 
 
 def _event_stream(events: AsyncIterator[str]) -> StreamingResponse:

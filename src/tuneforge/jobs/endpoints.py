@@ -14,11 +14,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import StreamingResponse
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from tuneforge.auth.deps import PrincipalDep
-from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.session import SessionDep
 from tuneforge.db.tables.jobs import JobStatus
 from tuneforge.errors import Conflict, InvalidInput, NotFound, Unauthorized, error_responses
 from tuneforge.jobs import service, stream
@@ -35,6 +34,7 @@ from tuneforge.jobs.schemas import (
     MetricPage,
     MetricPoint,
 )
+from tuneforge.state import SessionFactoryDep, SettingsDep
 
 router = APIRouter(prefix="/fine-tuning/jobs", tags=["jobs"])
 
@@ -56,10 +56,6 @@ _METADATA_FILTER_DOC = {
 }
 
 
-def _session_factory(request: Request) -> sessionmaker[Session]:
-    return request.app.state.session_factory
-
-
 def _metadata_filter(request: Request) -> dict[str, str]:
     """``metadata[key]=value`` pairs, which FastAPI cannot declare as parameters."""
     pairs = {}
@@ -79,7 +75,7 @@ def _metadata_filter(request: Request) -> dict[str, str]:
 def create_job(
     body: JobCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> JobOut:
-    job = service.create_job(session, settings, principal.organization_id, principal.user.id, body)
+    job = service.create_job(session, settings, principal.organization_id, principal.user_id, body)
     return service.describe_job(session, principal.organization_id, job)
 
 
@@ -230,16 +226,16 @@ def list_checkpoints(job_id: str, principal: PrincipalDep, session: SessionDep) 
 )
 def stream_job(
     job_id: str,
-    request: Request,
     principal: PrincipalDep,
     session: SessionDep,
+    session_factory: SessionFactoryDep,
     last_event_id: Annotated[str | None, Header(max_length=50)] = None,
     last_event_id_query: Annotated[str | None, Query(alias="last_event_id", max_length=50)] = None,
 ) -> StreamingResponse:
     job = service.get_job(session, principal.organization_id, job_id)
     cursor = stream.StreamCursor.parse(last_event_id or last_event_id_query)
     return StreamingResponse(
-        stream.stream_job(_session_factory(request), principal.organization_id, job.id, cursor),
+        stream.stream_job(session_factory, principal.organization_id, job.id, cursor),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from tuneforge.auth.deps import PrincipalDep
-from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.session import SessionDep
 from tuneforge.db.tables.models import ModelStatus
 from tuneforge.errors import Conflict, InvalidInput, NotFound, Unauthorized, error_responses
 from tuneforge.models import service, usage
@@ -23,6 +23,7 @@ from tuneforge.models.schemas import (
 )
 from tuneforge.models.service import ModelWithAgents
 from tuneforge.models.stats import fine_tuning_stats
+from tuneforge.state import SettingsDep
 
 router = APIRouter(prefix="/fine-tuning/models", tags=["models"])
 stats_router = APIRouter(prefix="/fine-tuning", tags=["stats"])

@@ -6,10 +6,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from tuneforge.auth.deps import PrincipalDep
-from tuneforge.db.session import SettingsDep
 from tuneforge.errors import Unauthorized, error_responses
 from tuneforge.providers.catalog import list_base_models, training_price_per_million
 from tuneforge.providers.registry import get_provider
+from tuneforge.state import SettingsDep
 
 router = APIRouter(prefix="/fine-tuning/base-models", tags=["base models"])
 

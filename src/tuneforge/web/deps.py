@@ -11,11 +11,12 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
 
-from tuneforge.auth.deps import authenticate
+from tuneforge.auth.cookies import CSRF_FIELD, CSRF_HEADER, csrf_valid, session_token
+from tuneforge.auth.deps import PrincipalCacheDep, authenticate
 from tuneforge.auth.service import Principal
-from tuneforge.db.session import SAFE_METHODS, SessionDep, SettingsDep
+from tuneforge.db.session import SAFE_METHODS, SessionDep
 from tuneforge.errors import Forbidden, InvalidInput, Unauthorized
-from tuneforge.web.session import CSRF_FIELD, CSRF_HEADER, csrf_valid, session_token
+from tuneforge.state import SettingsDep
 
 M = TypeVar("M", bound=BaseModel)
 E = TypeVar("E", bound=enum.Enum)
@@ -46,14 +47,14 @@ def sign_in_url(next_url: str) -> str:
 
 
 async def get_web_principal(
-    request: Request, session: SessionDep, settings: SettingsDep
+    request: Request, session: SessionDep, settings: SettingsDep, cache: PrincipalCacheDep
 ) -> Principal:
     token = session_token(request)
     here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     if token is None:
         raise SignInRequired(here)
     try:
-        return await authenticate(request, session, settings, token)
+        return await authenticate(cache, session, settings, token)
     except Unauthorized as exc:
         raise SignInRequired(here) from exc
 

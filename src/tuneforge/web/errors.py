@@ -15,11 +15,12 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge.auth import service as auth_service
+from tuneforge.auth.cookies import session_token
 from tuneforge.auth.service import Principal
 from tuneforge.db.engine import unit_of_work
 from tuneforge.errors import TuneForgeError
+from tuneforge.state import app_state
 from tuneforge.web.deps import SignInRequired, is_htmx, sign_in_url
-from tuneforge.web.session import session_token
 from tuneforge.web.templating import render
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ def _signed_in(request: Request) -> Principal | None:
     if token is None:
         return None
     try:
-        with unit_of_work(request.app.state.session_factory) as session:
-            return auth_service.authenticate(session, token, request.app.state.settings)
+        state = app_state(request)
+        with unit_of_work(state.session_factory) as session:
+            return auth_service.authenticate(session, token, state.settings)
     except Exception:
         return None
 

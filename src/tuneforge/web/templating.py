@@ -11,8 +11,9 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from tuneforge.auth.cookies import CSRF_FIELD, CSRF_HEADER, csrf_token, remember_nonce
 from tuneforge.auth.service import Principal
-from tuneforge.web.session import CSRF_FIELD, CSRF_HEADER, csrf_token, remember_nonce
+from tuneforge.state import app_state
 
 WEB_DIR = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=WEB_DIR / "templates")
@@ -140,10 +141,9 @@ def render(
 ) -> HTMLResponse:
     """A page or fragment with what every template may use: the CSRF token, who is signed
     in and which navigation section is current."""
-    settings = request.app.state.settings
     values = {
         "principal": principal,
-        "csrf_token": csrf_token(request, settings),
+        "csrf_token": csrf_token(request, app_state(request).settings),
         "section": section,
         **(context or {}),
     }

@@ -6,13 +6,14 @@ keeps the jobs package from importing the worker (the worker imports jobs).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from tuneforge.auth.deps import PrincipalDep
-from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.session import SessionDep
 from tuneforge.errors import InvalidInput, NotFound, Unauthorized, error_responses
 from tuneforge.jobs import service as jobs_service
 from tuneforge.jobs.schemas import JobOut
+from tuneforge.state import SessionFactoryDep, SettingsDep
 from tuneforge.worker.loop import sync_job
 
 router = APIRouter(prefix="/fine-tuning/jobs", tags=["jobs"])
@@ -26,11 +27,10 @@ router = APIRouter(prefix="/fine-tuning/jobs", tags=["jobs"])
 )
 def sync_job_now(
     job_id: str,
-    request: Request,
     principal: PrincipalDep,
     session: SessionDep,
+    session_factory: SessionFactoryDep,
     settings: SettingsDep,
 ) -> JobOut:
-    factory = request.app.state.session_factory
-    job = sync_job(session, factory, settings, principal.organization_id, job_id)
+    job = sync_job(session, session_factory, settings, principal.organization_id, job_id)
     return jobs_service.describe_job(session, principal.organization_id, job)

@@ -16,10 +16,11 @@ from tuneforge.agents import service as agents_service
 from tuneforge.agents.schemas import AgentCreate
 from tuneforge.auth.service import Principal
 from tuneforge.config import Settings
-from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.session import SessionDep
 from tuneforge.db.tables.models import ModelStatus
 from tuneforge.models import service as models_service
 from tuneforge.providers.catalog import list_base_models
+from tuneforge.state import SettingsDep
 from tuneforge.web.deps import FormDep, WebPrincipal, field_errors
 from tuneforge.web.templating import render
 

@@ -9,12 +9,13 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
 from tuneforge.auth import service
+from tuneforge.auth.cookies import end_session, start_session
 from tuneforge.auth.schemas import LoginRequest, RegisterRequest
 from tuneforge.auth.service import IssuedToken
-from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.session import SessionDep
 from tuneforge.errors import Conflict, Unauthorized
+from tuneforge.state import SettingsDep
 from tuneforge.web.deps import DASHBOARD, field_errors, safe_next
-from tuneforge.web.session import end_session, start_session
 from tuneforge.web.templating import render
 
 router = APIRouter(prefix="/dashboard")

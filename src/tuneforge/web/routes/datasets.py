@@ -13,10 +13,11 @@ from tuneforge.agents import service as agents_service
 from tuneforge.datasets import importers
 from tuneforge.datasets import service as datasets_service
 from tuneforge.datasets.schemas import ImportFilter, ImportRequest
-from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.session import SessionDep
 from tuneforge.db.tables.datasets import DatasetStatus, ExampleSplit
 from tuneforge.errors import InvalidInput
 from tuneforge.providers.catalog import DEFAULT_VALIDATION_MODEL, list_base_models
+from tuneforge.state import SettingsDep
 from tuneforge.web.deps import FormDep, WebPrincipal, action_done, choice, parse_form
 from tuneforge.web.templating import render
 
@@ -129,7 +130,9 @@ def import_conversations(
     if data["name"] is None:
         raise InvalidInput("name: give the new dataset a name", field="name")
     body = parse_form(ImportRequest, data)
-    dataset = importers.import_conversations(session, principal, body, settings)
+    dataset = importers.import_conversations(
+        session, principal.organization_id, principal.user_id, body, settings
+    )
     return action_done(request, f"{BASE}/{dataset.id}")
 
 

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from tuneforge.auth.service import Principal
 from tuneforge.datasets import service as datasets_service
-from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.session import SessionDep
 from tuneforge.db.tables.datasets import FineTuningDataset
 from tuneforge.db.tables.jobs import JobStatus
 from tuneforge.errors import NotFound
@@ -17,6 +17,7 @@ from tuneforge.jobs import service as jobs_service
 from tuneforge.jobs.repository import JobFilter
 from tuneforge.jobs.states import ACTIVE_STATUSES
 from tuneforge.providers.registry import provider_names
+from tuneforge.state import SessionFactoryDep, SettingsDep
 from tuneforge.web.deps import WebPrincipal, action_done, choice
 from tuneforge.web.templating import render
 from tuneforge.worker import loop as worker_loop
@@ -156,8 +157,9 @@ def sync_job(
     request: Request,
     principal: WebPrincipal,
     session: SessionDep,
+    session_factory: SessionFactoryDep,
     settings: SettingsDep,
 ) -> Response:
-    factory = request.app.state.session_factory
-    worker_loop.sync_job(session, factory, settings, principal.organization_id, job_id)
+    org = principal.organization_id
+    worker_loop.sync_job(session, session_factory, settings, org, job_id)
     return action_done(request, f"{BASE}/{job_id}")

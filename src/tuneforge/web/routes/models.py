@@ -8,15 +8,16 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import Response
 
 from tuneforge.agents import service as agents_service
-from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.session import SessionDep
 from tuneforge.db.tables.models import ModelStatus
 from tuneforge.errors import InvalidInput
 from tuneforge.inference import service as inference_service
-from tuneforge.inference.endpoints import get_runtime
+from tuneforge.inference.deps import RuntimeDep
 from tuneforge.inference.schemas import AgentChatRequest
 from tuneforge.models import service as models_service
 from tuneforge.models import usage
 from tuneforge.providers.registry import get_provider
+from tuneforge.state import SettingsDep
 from tuneforge.web.deps import WebPrincipal, action_done, choice, parse_form, safe_next
 from tuneforge.web.templating import render
 
@@ -163,6 +164,7 @@ def try_model(
     request: Request,
     principal: WebPrincipal,
     session: SessionDep,
+    runtime: RuntimeDep,
     agent_id: AgentField = "",
     message: Annotated[str, Form()] = "",
     conversation_id: Annotated[str, Form()] = "",
@@ -182,7 +184,7 @@ def try_model(
             "max_tokens": TRY_MAX_TOKENS,
         },
     )
-    reply = inference_service.chat_with_agent(get_runtime(request), org, agent_id, body)
+    reply = inference_service.chat_with_agent(runtime, org, agent_id, body)
     context = {"message": message, "reply": reply}
     return render(request, "models/_chat_turn.html", context, principal=principal)
 

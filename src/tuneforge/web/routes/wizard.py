@@ -14,7 +14,7 @@ from starlette.datastructures import FormData
 from tuneforge.auth.service import Principal
 from tuneforge.config import Settings
 from tuneforge.datasets import service as datasets_service
-from tuneforge.db.session import SessionDep, SettingsDep
+from tuneforge.db.session import SessionDep
 from tuneforge.db.tables.datasets import DatasetStatus, FineTuningDataset
 from tuneforge.errors import InvalidInput, TuneForgeError
 from tuneforge.jobs import service as jobs_service
@@ -26,6 +26,7 @@ from tuneforge.providers.contract import (
     resolve_hyperparameters,
 )
 from tuneforge.providers.registry import provider_names
+from tuneforge.state import SettingsDep
 from tuneforge.web.deps import FormDep, WebPrincipal, field_errors
 from tuneforge.web.templating import render
 
@@ -210,7 +211,7 @@ def create(
     if job_request is None:
         return _step_two(request, principal, settings, dataset, values, errors, 422)
     try:
-        job = jobs_service.create_job(session, settings, org, principal.user.id, job_request)
+        job = jobs_service.create_job(session, settings, org, principal.user_id, job_request)
     except TuneForgeError as exc:
         field = str(exc.extra.get("field", "form"))
         return _step_two(request, principal, settings, dataset, values, {field: exc.detail}, 422)

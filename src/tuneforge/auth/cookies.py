@@ -7,6 +7,9 @@ that only our pages know, an HMAC of the session cookie under the server's signi
 (a "signed double submit"). A cross-site page can make the browser send the cookie but
 cannot read it, so it cannot compute the token. Before sign-in the token is bound to a
 random nonce cookie instead, which covers the sign-in and register forms (login CSRF).
+
+It lives in auth, not web: the API's ``PrincipalDep`` accepts the cookie too, and auth
+must not import the dashboard that imports it.
 """
 
 from __future__ import annotations
