@@ -21,6 +21,29 @@ PACKAGE_ROOT = Path(tuneforge.__file__).parent
 # Deliberate exceptions, each with its reason: none today.
 ALLOWED_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset()
 
+# Lowest first: each may import only those before it.
+LAYERS = (
+    "config",
+    "errors",
+    "sse",
+    "api_client",
+    "state",
+    "db",
+    "store",
+    "auth",
+    "providers",
+    "agents",
+    "datasets",
+    "jobs",
+    "models",
+    "evals",
+    "inference",
+    "worker",
+    "web",
+    "app",
+    "cli",
+)
+
 # What the training child must never load: the database, the web stack, the dataset code
 # and the OpenAI tokenizers. It imports only the provider contract and the trainer.
 FORBIDDEN_IN_TRAINER = (
@@ -59,21 +82,21 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+def _is_node(name: str) -> bool:
+    return (PACKAGE_ROOT / name).is_dir() or (PACKAGE_ROOT / f"{name}.py").is_file()
+
+
 def package_graph() -> dict[str, set[str]]:
+    """Which top-level packages (and top-level modules) each one imports."""
     graph: dict[str, set[str]] = defaultdict(set)
     for path in PACKAGE_ROOT.rglob("*.py"):
-        if "migrations" in path.parts:
+        if "migrations" in path.parts or path == PACKAGE_ROOT / "__init__.py":
             continue
         source = _node(".".join(path.relative_to(PACKAGE_ROOT.parent).with_suffix("").parts))
         if source is None:
             continue
-        graph[source]
-        for imported in _imports(path):
-            target = _node(imported)
-            if (target is not None and target != source and (PACKAGE_ROOT / target).exists()) or (
-                target is not None and (PACKAGE_ROOT / f"{target}.py").exists() and target != source
-            ):
-                graph[source].add(target)
+        targets = {_node(imported) for imported in _imports(path)}
+        graph[source] |= {t for t in targets if t and t != source and _is_node(t)}
     return graph
 
 
@@ -109,6 +132,20 @@ def test_the_package_import_graph_has_no_cycle() -> None:
     assert cycle is None, " -> ".join(cycle or [])
 
 
+def test_packages_import_only_the_layers_below_them() -> None:
+    """The order docs/architecture.md draws; a new package takes its place here."""
+    graph = package_graph()
+    assert set(graph) <= set(LAYERS), f"place {sorted(set(graph) - set(LAYERS))} in LAYERS"
+    rank = {name: index for index, name in enumerate(LAYERS)}
+    upward = [
+        f"{source} -> {target}"
+        for source, targets in graph.items()
+        for target in targets
+        if rank[target] > rank[source] and (source, target) not in ALLOWED_CYCLE_EDGES
+    ]
+    assert upward == []
+
+
 def test_the_cycle_finder_finds_a_planted_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
@@ -127,10 +164,8 @@ def test_the_training_child_loads_no_database_web_or_dataset_code() -> None:
         ).stdout
     )
     forbidden = [
-        m
-        for m in loaded
-        if m.split(".")[0] in FORBIDDEN_IN_TRAINER
-        or m.startswith(tuple(f"{prefix}." for prefix in FORBIDDEN_IN_TRAINER))
-        or m in FORBIDDEN_IN_TRAINER
+        module
+        for module in loaded
+        if any(module == name or module.startswith(f"{name}.") for name in FORBIDDEN_IN_TRAINER)
     ]
     assert forbidden == []
