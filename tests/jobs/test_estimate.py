@@ -91,7 +91,11 @@ def test_a_local_model_estimate_uses_its_own_report_and_costs_nothing(
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["provider"] == "local"
-    assert body["billed_tokens"] == report["total_billed_tokens"]
+    # "auto" by the local rules: a token budget per step, so all 12 examples in one batch,
+    # and epochs enough for a few dozen optimizer steps (OpenAI's rule would say 8).
+    assert body["hyperparameters"]["batch_size"] == 12
+    assert body["n_epochs"] == body["hyperparameters"]["n_epochs"] == 10
+    assert body["billed_tokens"] == report["billed_tokens_per_epoch"] * 10
     assert body["estimated_cost_usd"] is None
 
 

@@ -22,12 +22,6 @@ from tuneforge.jobs import service
 MODEL = "gpt-4o-mini-2024-07-18"
 
 
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    """OpenAI counts as configured; nothing here reaches it."""
-    return settings.model_copy(update={"openai_api_key": "sk-test"})
-
-
 def post_job(client: TestClient, account: Account, dataset_id: str, **fields: Any) -> Any:
     body = {"dataset_id": dataset_id, "model": MODEL, **fields}
     return client.post("/fine-tuning/jobs", json=body, headers=account.headers)
@@ -162,6 +156,16 @@ def test_a_local_job_takes_the_local_trainers_hyperparameters(
         "learning_rate_multiplier": "auto",
         **local,
     }
+    # "auto" by the local trainer's rules, shown before training starts: 20 short examples
+    # fit one step's token budget, and the learning rate grows with the batch.
+    assert job["hyperparameters"] == {
+        "n_epochs": 2,
+        "batch_size": 20,
+        "learning_rate_multiplier": pytest.approx(5**0.5, abs=1e-3),
+    }
+    assert client.get(f"/fine-tuning/jobs/{job['id']}", headers=account.headers).json()[
+        "hyperparameters"
+    ] == job["hyperparameters"]
 
     for bad, named in (({"lora_r": 0}, "lora_r"), ({"lora_rank": 8}, "lora_rank")):
         response = post_job(client, account, dataset_id, model=TINY_BASE_MODEL, hyperparameters=bad)

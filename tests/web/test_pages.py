@@ -13,7 +13,7 @@ from tests.fixtures.factories import Factories
 from tests.fixtures.files import Upload, chat, jsonl, valid_jsonl
 from tests.web.conftest import DashboardClient, sign_in
 from tuneforge.db.tables.datasets import FineTuningDataset
-from tuneforge.db.tables.jobs import FineTuningJob, JobStatus
+from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobStatus
 from tuneforge.db.tables.models import FineTunedModel, ModelStatus
 
 MODEL = "gpt-4o-mini-2024-07-18"
@@ -270,3 +270,26 @@ def test_another_users_session_sees_only_its_organization(
     page = intruder.get("/dashboard/fine-tuning/datasets")
     assert mine.dataset_id not in page.text
     assert "No datasets yet." in page.text
+
+
+def test_the_job_page_says_how_the_run_was_judged(
+    web: DashboardClient, mine: Objects, db_session: Session
+) -> None:
+    reported = [
+        ("holdout", {"held_out": 30, "examples": 300, "fraction": 0.1}),
+        ("overfitting", {"step": 48, "valid_loss": 0.4, "best_step": 32}),
+        ("early_stopped", {"step": 56, "planned_steps": 75, "best_step": 32}),
+        ("finished", {"best_step": 32, "best_valid_loss": 0.0261, "trained_tokens": 900}),
+    ]
+    for event_type, data in reported:
+        db_session.add(
+            FineTuningEvent(job_id=mine.job_id, event_type=event_type, message="-", data=data)
+        )
+    db_session.commit()
+
+    page = web.get(f"/dashboard/fine-tuning/jobs/{mine.job_id}").text
+
+    assert "Overfitting at step 48" in page
+    assert "30 training examples" in page
+    assert "at step 56 of 75" in page
+    assert "step 32, the lowest valid loss" in page

@@ -12,7 +12,7 @@ import itertools
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from tuneforge.inference.generation import (
     Completion,
     CompletionStream,
     SamplingParams,
+    generate_greedy_batch,
     generate_reply,
 )
 from tuneforge.providers.contract import ModelUnavailable
@@ -182,6 +183,14 @@ class InferenceEngine:
             return generate_reply(
                 entry.model, entry.tokenizer, messages, params, cancel=threading.Event()
             )
+
+    def complete_greedy_batch(
+        self, source: ModelSource, conversations: Sequence[ChatMessages], max_tokens: int
+    ) -> list[Completion]:
+        """Greedy replies to several conversations in one forward batch (evaluations)."""
+        entry = self.cache.get(source)
+        with entry.lock:
+            return generate_greedy_batch(entry.model, entry.tokenizer, conversations, max_tokens)
 
     def stream(
         self, source: ModelSource, messages: ChatMessages, params: SamplingParams

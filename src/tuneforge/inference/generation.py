@@ -199,6 +199,66 @@ def generate_reply(
     )
 
 
+def generate_greedy_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[ChatMessages],
+    max_tokens: int,
+) -> list[Completion]:
+    """Greedy replies to several conversations in one left-padded batch (for evaluations).
+
+    Each row stops at its own end-of-turn token; rows that finish early are padded until
+    the longest is done, so a batch costs its longest reply.
+    """
+    prompts = [
+        tokenizer.apply_chat_template(
+            [dict(message) for message in messages], add_generation_prompt=True, tokenize=False
+        )
+        for messages in conversations
+    ]
+    eos_ids = _end_token_ids(model, tokenizer)
+    pad_id = _pad_token_id(model, tokenizer, eos_ids)
+    padding_side = tokenizer.padding_side
+    pad_token = tokenizer.pad_token
+    tokenizer.padding_side = "left"
+    if pad_token is None and pad_id is not None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
+    try:
+        inputs = tokenizer(prompts, padding=True, add_special_tokens=False, return_tensors="pt").to(
+            model.device
+        )
+    finally:
+        tokenizer.padding_side = padding_side
+        tokenizer.pad_token = pad_token
+    width = int(inputs["input_ids"].shape[1])
+    lengths = inputs["attention_mask"].sum(dim=1).tolist()
+    room = _room_for_reply(model, width, max_tokens)
+    with torch.inference_mode():
+        output = model.generate(
+            **inputs,
+            max_new_tokens=room,
+            do_sample=False,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=50,
+            eos_token_id=eos_ids,
+            pad_token_id=pad_id,
+        )
+    completions = []
+    for row, prompt_length in zip(output[:, width:].tolist(), lengths, strict=True):
+        end = next((i for i, token in enumerate(row) if token in eos_ids), None)
+        new_tokens = row if end is None else row[: end + 1]
+        completions.append(
+            Completion(
+                text=tokenizer.decode(new_tokens, skip_special_tokens=True),
+                prompt_tokens=int(prompt_length),
+                completion_tokens=len(new_tokens),
+                finish_reason="stop" if end is not None else "length",
+            )
+        )
+    return completions
+
+
 class CompletionStream:
     """Text deltas as a generation thread produces them; ``result`` once they are exhausted.
 

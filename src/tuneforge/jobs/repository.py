@@ -50,6 +50,7 @@ class JobView(NamedTuple):
     dataset_id: str
     validation_dataset_id: str | None
     hyperparameters: dict[str, Any] | None
+    resolved_hyperparameters: dict[str, Any] | None
     suffix: str | None
     seed: int | None
     job_metadata: dict[str, Any] | None
@@ -281,3 +282,15 @@ def has_event(
     if message is not None:
         stmt = stmt.where(FineTuningEvent.message == message)
     return session.scalar(stmt.limit(1)) is not None
+
+
+def events_of_types(
+    session: Session, job_id: str, event_types: Sequence[str]
+) -> list[FineTuningEvent]:
+    """The job's events of these types, oldest first (a handful per job)."""
+    stmt = (
+        select(FineTuningEvent)
+        .where(FineTuningEvent.job_id == job_id, FineTuningEvent.event_type.in_(event_types))
+        .order_by(FineTuningEvent.id)
+    )
+    return list(session.scalars(stmt))

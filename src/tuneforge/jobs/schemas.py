@@ -239,6 +239,10 @@ class EstimateOut(BaseModel):
     provider: str
     n_epochs: int
     requested_n_epochs: EpochCount
+    hyperparameters: ResolvedHyperparameters = Field(
+        description='What training will use: each requested value, "auto" resolved by the '
+        "provider's rules."
+    )
     billed_tokens_per_epoch: int
     billed_tokens: int
     price_per_million_tokens: float | None = Field(description="USD; null when unpriced.")

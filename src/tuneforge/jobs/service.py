@@ -8,6 +8,7 @@ through ``transition_job``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -17,6 +18,7 @@ from tuneforge.datasets.service import require_valid_dataset
 from tuneforge.datasets.validation import ValidationReport
 from tuneforge.db.base import utcnow
 from tuneforge.db.scoping import get_owned
+from tuneforge.db.tables.datasets import FineTuningDataset
 from tuneforge.db.tables.jobs import (
     FineTuningEvent,
     FineTuningJob,
@@ -40,8 +42,10 @@ from tuneforge.providers.catalog import (
     training_price_per_million,
 )
 from tuneforge.providers.contract import (
-    resolve_epochs,
-    resolve_hyperparameters,
+    DatasetFigures,
+    FineTuningProvider,
+    ResolvedHyperparameters,
+    resolve_by_openai_rules,
     shared_hyperparameters,
 )
 from tuneforge.providers.registry import get_provider
@@ -69,9 +73,10 @@ def create_job(
         _require_validation_dataset(
             session, organization_id, dataset.id, request.validation_dataset_id
         )
-    provider_name = _check_model_and_provider(
-        settings, request.model, request.provider, request.hyperparameters.model_dump()
-    )
+    requested = request.hyperparameters.model_dump()
+    trainer = _check_model_and_provider(settings, request.model, request.provider, requested)
+    provider_name = trainer.name
+    resolved = trainer.resolve_hyperparameters(requested, dataset_figures(dataset))
     job = FineTuningJob(
         organization_id=organization_id,
         created_by=user_id,
@@ -81,7 +86,8 @@ def create_job(
         provider=provider_name,
         base_model=request.model,
         status=S.PENDING,
-        hyperparameters=request.hyperparameters.model_dump(),
+        hyperparameters=requested,
+        resolved_hyperparameters=resolved.model_dump(),
         suffix=request.suffix,
         seed=request.seed,
         job_metadata=request.metadata,
@@ -89,7 +95,6 @@ def create_job(
     )
     session.add(job)
     session.flush()
-    resolved = resolve_hyperparameters(request.hyperparameters, dataset.train_examples)
     return update_job(
         session,
         job.id,
@@ -98,7 +103,7 @@ def create_job(
         data={
             "dataset_id": dataset.id,
             "validation_dataset_id": request.validation_dataset_id,
-            "requested_hyperparameters": request.hyperparameters.model_dump(),
+            "requested_hyperparameters": requested,
             "hyperparameters": resolved.model_dump(),
         },
     )
@@ -122,9 +127,28 @@ def _require_validation_dataset(
         ) from exc
 
 
+def dataset_figures(dataset: FineTuningDataset) -> DatasetFigures:
+    """What "auto" is resolved from, as the dataset's validation counted it."""
+    mean = dataset.total_tokens / dataset.valid_examples if dataset.valid_examples else 0.0
+    return DatasetFigures(train_examples=dataset.train_examples, mean_example_tokens=mean)
+
+
+def preview_hyperparameters(
+    settings: Settings,
+    dataset: FineTuningDataset,
+    model: str,
+    provider: str | None,
+    requested: dict[str, Any],
+) -> ResolvedHyperparameters:
+    """What a job on ``dataset`` would train with, before it exists (the wizard's preview)."""
+    provider_name = provider or find_base_model(model, settings).provider
+    trainer = get_provider(provider_name, settings)
+    return trainer.resolve_hyperparameters(requested, dataset_figures(dataset))
+
+
 def _check_model_and_provider(
     settings: Settings, model: str, provider: str | None, hyperparameters: dict[str, Any]
-) -> str:
+) -> FineTuningProvider:
     """The provider that will train ``model``; unknown, unoffered, unconfigured or given
     hyperparameters it does not take is a 422."""
     base_model = find_base_model(model, settings)
@@ -139,7 +163,7 @@ def _check_model_and_provider(
         )
     trainer.check_hyperparameters(hyperparameters)
     trainer.ensure_configured()
-    return provider_name
+    return trainer
 
 
 def get_job(session: Session, organization_id: str, job_id: str) -> FineTuningJob:
@@ -165,8 +189,11 @@ def get_job_view(session: Session, organization_id: str, job_id: str) -> JobOut:
 
 
 def _describe(view: repository.JobView) -> JobOut:
-    requested = shared_hyperparameters(view.hyperparameters or {})
-    resolved = resolve_hyperparameters(requested, view.train_examples or 0)
+    if view.resolved_hyperparameters is not None:
+        resolved = ResolvedHyperparameters.model_validate(view.resolved_hyperparameters)
+    else:  # created before jobs stored what "auto" resolved to
+        requested = shared_hyperparameters(view.hyperparameters or {})
+        resolved = resolve_by_openai_rules(requested, view.train_examples or 0)
     return JobOut.from_view(view, resolved)
 
 
@@ -210,6 +237,39 @@ def cancel_job(session: Session, organization_id: str, job_id: str) -> FineTunin
     )
 
 
+@dataclass(frozen=True)
+class TrainingVerdict:
+    """How a run was judged, from what its trainer reported (the job page's summary)."""
+
+    held_out: int | None = None
+    stopped_early_at: int | None = None
+    planned_steps: int | None = None
+    best_step: int | None = None
+    best_valid_loss: float | None = None
+    overfitting_at: int | None = None
+
+
+VERDICT_EVENTS = ("holdout", "early_stopped", "overfitting", "finished")
+
+
+def training_verdict(session: Session, organization_id: str, job_id: str) -> TrainingVerdict:
+    job = get_job(session, organization_id, job_id)
+    found: dict[str, Any] = {}
+    for event in repository.events_of_types(session, job.id, VERDICT_EVENTS):
+        data = event.data or {}
+        if event.event_type == "holdout":
+            found["held_out"] = data.get("held_out")
+        elif event.event_type == "early_stopped":
+            found["stopped_early_at"] = data.get("step")
+            found["planned_steps"] = data.get("planned_steps")
+        elif event.event_type == "overfitting":
+            found["overfitting_at"] = data.get("step")
+        elif data.get("best_step") is not None:
+            found["best_step"] = data.get("best_step")
+            found["best_valid_loss"] = data.get("best_valid_loss")
+    return TrainingVerdict(**found)
+
+
 def list_events(
     session: Session, organization_id: str, job_id: str, *, after: int | None, limit: int
 ) -> tuple[list[FineTuningEvent], bool]:
@@ -241,7 +301,8 @@ def list_checkpoints(session: Session, organization_id: str, job_id: str) -> lis
 def estimate_job(
     session: Session, settings: Settings, organization_id: str, request: EstimateRequest
 ) -> EstimateOut:
-    """Epochs, billed tokens and cost from the dataset report's own figures and heuristic."""
+    """What "auto" becomes for the model's provider, and the billed tokens and cost, from
+    the dataset report's own figures."""
     dataset = require_valid_dataset(session, organization_id, request.dataset_id)
     model = find_base_model(request.model, settings)
     if dataset.validation_report is None:
@@ -259,10 +320,14 @@ def estimate_job(
             f"context differ from {model.name}'s; validate it against {model.name} first",
             field="model",
         )
-    get_provider(model.provider, settings).check_hyperparameters(
-        request.hyperparameters.model_dump()
+    trainer = get_provider(model.provider, settings)
+    requested = request.hyperparameters.model_dump()
+    trainer.check_hyperparameters(requested)
+    mean = report.total_tokens / report.valid_examples if report.valid_examples else 0.0
+    resolved = trainer.resolve_hyperparameters(
+        requested, DatasetFigures(report.train_examples, mean)
     )
-    n_epochs = resolve_epochs(request.hyperparameters.n_epochs, report.train_examples)
+    n_epochs = resolved.n_epochs
     billed_tokens = report.billed_tokens_per_epoch * n_epochs
     price = training_price_per_million(model.name, settings)
     return EstimateOut(
@@ -271,6 +336,7 @@ def estimate_job(
         provider=model.provider,
         n_epochs=n_epochs,
         requested_n_epochs=request.hyperparameters.n_epochs,
+        hyperparameters=resolved,
         billed_tokens_per_epoch=report.billed_tokens_per_epoch,
         billed_tokens=billed_tokens,
         price_per_million_tokens=price,

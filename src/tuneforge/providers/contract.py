@@ -60,6 +60,9 @@ class ProviderJobRequest:
     suffix: str | None
     seed: int | None
     metadata: dict[str, str]
+    # What the job showed "auto" would become; a provider that resolves "auto" itself
+    # (OpenAI) ignores it, the local trainer trains with it.
+    resolved_hyperparameters: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,14 @@ MODEL_TOKENIZER = "local"
 
 
 @dataclass(frozen=True)
+class DatasetFigures:
+    """What "auto" is resolved from: the training set's size and its examples' mean length."""
+
+    train_examples: int
+    mean_example_tokens: float
+
+
+@dataclass(frozen=True)
 class Readiness:
     """Whether a provider can train (or serve) a base model here, and what to do if not."""
 
@@ -175,6 +186,11 @@ class FineTuningProvider(Protocol):
 
     def check_hyperparameters(self, requested: dict[str, Any]) -> None:
         """Raise ``InvalidInput`` naming the field of a hyperparameter this provider refuses."""
+
+    def resolve_hyperparameters(
+        self, requested: dict[str, Any], figures: DatasetFigures
+    ) -> ResolvedHyperparameters:
+        """The epochs, batch size and learning-rate multiplier "auto" becomes here."""
 
     def upload_training_file(self, path: Path, *, idempotency_key: str) -> str: ...
 
@@ -285,9 +301,10 @@ def resolve_epochs(requested: int | str, train_examples: int) -> int:
     return default_epochs(train_examples) or TARGET_EPOCHS
 
 
-def resolve_hyperparameters(
+def resolve_by_openai_rules(
     requested: Hyperparameters, train_examples: int
 ) -> ResolvedHyperparameters:
+    """What OpenAI makes of "auto" (its published rules)."""
     batch_size = requested.batch_size
     if not isinstance(batch_size, int):
         batch_size = max(1, min(MAX_BATCH_SIZE, round(train_examples * AUTO_BATCH_FRACTION)))

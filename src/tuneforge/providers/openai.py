@@ -24,6 +24,7 @@ from tuneforge.errors import InvalidInput
 from tuneforge.providers.catalog import OPENAI_PROVIDER, list_base_models
 from tuneforge.providers.contract import (
     BaseModelInfo,
+    DatasetFigures,
     ProviderCheckpoint,
     ProviderError,
     ProviderEvent,
@@ -32,9 +33,12 @@ from tuneforge.providers.contract import (
     ProviderJobStatus,
     ProviderMetric,
     Readiness,
+    ResolvedHyperparameters,
     RetriableProviderError,
     ServableFiles,
     require_shared_only,
+    resolve_by_openai_rules,
+    shared_hyperparameters,
 )
 
 IDEMPOTENCY_METADATA_KEY = "tuneforge_job_id"
@@ -89,6 +93,11 @@ class OpenAIProvider:
 
     def check_hyperparameters(self, requested: dict[str, Any]) -> None:
         require_shared_only(self.name, requested)
+
+    def resolve_hyperparameters(
+        self, requested: dict[str, Any], figures: DatasetFigures
+    ) -> ResolvedHyperparameters:
+        return resolve_by_openai_rules(shared_hyperparameters(requested), figures.train_examples)
 
     def ensure_configured(self) -> None:
         if not self._settings.openai_api_key:

@@ -32,6 +32,7 @@ STATUS_TONES = {
     "archived": "muted",
     "cancelling": "warn",
     "cancelled": "warn",
+    "warning": "warn",
     "invalid": "bad",
     "failed": "bad",
 }

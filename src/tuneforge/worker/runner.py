@@ -202,6 +202,7 @@ class JobRunner:
                     training_file_id=file_ids["training"],
                     validation_file_id=file_ids.get("validation"),
                     hyperparameters=dict(job.hyperparameters or {}),
+                    resolved_hyperparameters=job.resolved_hyperparameters,
                     suffix=job.suffix,
                     seed=job.seed,
                     metadata={str(k): str(v) for k, v in (job.job_metadata or {}).items()},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -39,19 +40,33 @@ def test_the_held_out_slice_is_seeded_bounded_and_spares_small_datasets() -> Non
     assert holdout_indices(300, 0.0, seed=1) == []
 
 
-def test_early_stopping_waits_patience_evaluations_past_the_best() -> None:
+def test_early_stopping_waits_patience_evaluations_without_a_real_improvement() -> None:
     stopper = EarlyStopping(patience=2, min_delta=0.01)
     assert stopper.observe(0, 2.0).improved
     assert stopper.observe(10, 1.0).improved
-    plateau = stopper.observe(20, 0.995)  # better, but by less than min_delta
-    assert not plateau.improved and not plateau.stop
+    creeping = stopper.observe(20, 0.995)  # the lowest yet, but by less than min_delta
+    assert creeping.improved and not creeping.stop
     assert stopper.observe(30, 0.999).stop
-    assert (stopper.best_step, stopper.best_loss) == (10, 1.0)
+    assert (stopper.best_step, stopper.best_loss) == (20, 0.995)  # the model's weights
     resumed = EarlyStopping.restore(stopper.state(), patience=2, min_delta=0.01)
     assert resumed == stopper
     assert resolve_patience("auto", has_holdout=True) == 3
     assert resolve_patience("auto", has_holdout=False) == 0
     assert resolve_patience(0, has_holdout=True) == 0
+
+
+def test_auto_min_delta_is_a_share_of_what_the_run_gained() -> None:
+    stopper = EarlyStopping(patience=2, min_delta=None)
+    stopper.observe(0, 1.5)
+    stopper.observe(4, 0.5)  # gained 1.0: a real improvement must now beat 0.01
+    assert stopper.threshold() == pytest.approx(0.01)
+    assert not stopper.observe(8, 0.495).stop
+    assert stopper.observe(12, 0.492).stop
+    small_task = EarlyStopping(patience=2, min_delta=None)
+    small_task.observe(0, 0.02)
+    small_task.observe(4, 0.01)  # gained 0.01: an improvement of 0.0002 still counts
+    assert not small_task.observe(8, 0.0097).stop
+    assert not small_task.observe(12, 0.0094).stop
 
 
 def test_overfitting_is_flagged_once_when_valid_loss_rises_as_train_loss_falls() -> None:
@@ -102,15 +117,21 @@ def test_a_plateau_stops_the_run_early_and_the_job_still_succeeds(
     assert run_training(paths, lambda: False) == "succeeded"
 
     [stopped] = events_of(paths, "early_stopped")
-    assert stopped["step"] == 6  # evaluations at 2, 4 and 6 did not beat step 0
-    assert stopped["data"]["planned_steps"] == 120 and stopped["data"]["best_step"] == 0
+    assert stopped["step"] == 6  # evaluations at 2, 4 and 6 did not beat step 0 by 0.01
+    valid = {
+        m["step"]: m["metrics"]["valid_loss"]
+        for m in metric_events(paths)
+        if "valid_loss" in m["metrics"]
+    }
+    assert sorted(valid) == [0, 2, 4, 6]
+    best_step = min(valid, key=lambda step: valid[step])
+    assert stopped["data"]["planned_steps"] == 120
     status = read_status(paths)
     assert status["state"] == "succeeded" and status["stopped_early_at"] == 6
-    assert status["step"] == 6 and status["best_step"] == 0
+    assert status["step"] == 6 and status["best_step"] == best_step
     [finished] = events_of(paths, "finished")
-    assert finished["data"]["best_step"] == 0
-    assert "made from step 0" in finished["message"]
-    assert max(m["step"] for m in metric_events(paths)) == 6
+    assert finished["data"]["best_step"] == best_step
+    assert f"made from step {best_step}" in finished["message"]
 
 
 def test_the_model_is_made_from_the_best_step_and_overfitting_is_reported(
@@ -134,7 +155,7 @@ def test_the_model_is_made_from_the_best_step_and_overfitting_is_reported(
     assert run_training(paths, lambda: False) == "succeeded"
 
     metrics = metric_events(paths)
-    valid = {m["step"]: m["metrics"]["valid_loss"] for m in metrics}
+    valid = {m["step"]: m["metrics"]["valid_loss"] for m in metrics if "valid_loss" in m["metrics"]}
     best_step = min(valid, key=lambda step: valid[step])
     assert best_step < max(valid)  # the run went on past its best
     [finished] = events_of(paths, "finished")

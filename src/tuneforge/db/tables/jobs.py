@@ -49,6 +49,8 @@ class FineTuningJob(IdMixin, Base):
     base_model: Mapped[str] = mapped_column(String(200))
     status: Mapped[JobStatus] = mapped_column(str_enum(JobStatus), default=JobStatus.PENDING)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # What "auto" became for this provider when the job was created (NULL before 0003).
+    resolved_hyperparameters: Mapped[dict[str, Any] | None] = mapped_column(JSONType, default=None)
     suffix: Mapped[str | None] = mapped_column(String(64), default=None)
     seed: Mapped[int | None] = mapped_column(default=None)
     job_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType, default=None)

@@ -66,11 +66,12 @@ class LocalHyperparameters(Hyperparameters):
         description='Evaluations without improvement before training stops; "auto" is 3, '
         "0 never stops early. Needs held-out data.",
     )
-    early_stopping_min_delta: float = Field(
-        default=1e-3,
-        ge=0,
-        le=10,
-        description="How much valid loss must fall to count as an improvement.",
+    early_stopping_min_delta: Auto | Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = (
+        Field(
+            default=AUTO,
+            description='How far valid loss must fall to count as an improvement; "auto" is 1% '
+            "of what the run has gained since step 0.",
+        )
     )
     checkpoint_every_steps: int | None = Field(default=None, ge=1)
     micro_batch_tokens: int = Field(

@@ -30,6 +30,7 @@ from tuneforge.errors import InvalidInput, TuneForgeError
 from tuneforge.providers.catalog import LOCAL_PROVIDER, list_base_models
 from tuneforge.providers.contract import (
     BaseModelInfo,
+    DatasetFigures,
     ModelUnavailable,
     ProviderCheckpoint,
     ProviderError,
@@ -39,9 +40,11 @@ from tuneforge.providers.contract import (
     ProviderJobStatus,
     ProviderMetric,
     Readiness,
+    ResolvedHyperparameters,
     RetriableProviderError,
     ServableFiles,
 )
+from tuneforge.providers.local.auto import resolve_local
 from tuneforge.providers.local.jobdir import (
     ADAPTER_DIR,
     TERMINAL_STATES,
@@ -131,6 +134,11 @@ class LocalProvider:
 
     def check_hyperparameters(self, requested: dict[str, Any]) -> None:
         parse_local_hyperparameters(requested)
+
+    def resolve_hyperparameters(
+        self, requested: dict[str, Any], figures: DatasetFigures
+    ) -> ResolvedHyperparameters:
+        return resolve_local(parse_local_hyperparameters(requested), figures)
 
     def upload_training_file(self, path: Path, *, idempotency_key: str) -> str:
         """Copy the exported JSONL where the job will read it; the id is that path."""
@@ -273,7 +281,9 @@ class LocalProvider:
     def _prepare(self, paths: JobPaths, request: ProviderJobRequest) -> None:
         """Write the job's spec and data files; the same on every (re)start."""
         try:
-            hyperparameters = parse_local_hyperparameters(request.hyperparameters)
+            hyperparameters = parse_local_hyperparameters(
+                {**request.hyperparameters, **(request.resolved_hyperparameters or {})}
+            )
         except TuneForgeError as exc:
             raise ProviderError(exc.detail, code="invalid_hyperparameters") from exc
         base_path = find_model_dir(self._settings, request.base_model)

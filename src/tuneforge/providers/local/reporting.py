@@ -159,7 +159,7 @@ class Reporter:
         self._emit(
             "early_stopped",
             f"Stopped early at step {step} of {total_steps}: valid loss did not improve by more "
-            f"than {stopper.min_delta:g} in {stopper.patience} evaluations (best "
+            f"than {stopper.threshold():.3g} in {stopper.patience} evaluations (best "
             f"{stopper.best_loss:.4g} at step {stopper.best_step})",
             step=step,
             data={"planned_steps": total_steps, "patience": stopper.patience, **_best(stopper)},

@@ -2,10 +2,16 @@
 
 A run is judged on held-out examples. Without validation data the trainer holds out a
 small deterministic slice of the training set (``holdout``), so every local job has a
-valid loss from step 0 on. ``EarlyStopping`` watches that loss: the best step so far is
-the one the model is made from, the run stops once the loss has not improved by
-``min_delta`` for ``patience`` evaluations, and it warns once when the loss climbs
-clearly above its best while the training loss keeps falling (overfitting).
+valid loss from step 0 on. ``EarlyStopping`` watches that loss:
+
+- the step with the lowest loss is the one the model is made from;
+- the run stops once ``patience`` evaluations in a row brought no real improvement: a fall
+  of more than ``min_delta`` below the loss of the last real improvement. On auto,
+  ``min_delta`` is 1% of what the run has gained since step 0, so a loss that keeps
+  creeping towards zero after the task is learned stops the run (diminishing returns on
+  the scale of the run itself, whatever the task's loss level);
+- it warns once when the loss climbs clearly above its best while the training loss
+  keeps falling (overfitting).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 MAX_HOLDOUT_EXAMPLES = 200
 MIN_TRAIN_EXAMPLES = 8  # below this nothing is held out: every example is needed to learn
 AUTO_PATIENCE = 3
+AUTO_MIN_DELTA_FRACTION = 0.01  # of the loss gained since step 0
 # Overfitting: valid loss this far above its best (relative and absolute), train loss lower.
 OVERFIT_RATIO = 1.1
 OVERFIT_MARGIN = 0.02
@@ -50,13 +57,17 @@ class Verdict:
 
 @dataclass
 class EarlyStopping:
-    """Tracks held-out loss across evaluations; its state rides in every checkpoint."""
+    """Tracks held-out loss across evaluations; its state rides in every checkpoint.
+
+    ``min_delta`` None means auto (a share of the loss gained so far)."""
 
     patience: int
-    min_delta: float
+    min_delta: float | None
+    initial_loss: float | None = None
     best_loss: float | None = None
     best_step: int | None = None
     best_train_loss: float | None = None
+    reference_loss: float | None = None  # the loss of the last real improvement
     train_loss: float | None = None  # smoothed over steps: one step's loss is noisy
     evaluations_without_improvement: int = 0
     warned_overfitting: bool = False
@@ -67,23 +78,34 @@ class EarlyStopping:
             loss if previous is None else TRAIN_SMOOTHING * loss + (1 - TRAIN_SMOOTHING) * previous
         )
 
+    def threshold(self) -> float:
+        """How far below the last real improvement the loss must fall to count."""
+        if self.min_delta is not None:
+            return self.min_delta
+        gained = (self.initial_loss or 0.0) - (self.best_loss or 0.0)
+        return AUTO_MIN_DELTA_FRACTION * max(0.0, gained)
+
     def observe(self, step: int, valid_loss: float) -> Verdict:
-        train_loss = self.train_loss
-        improved = self.best_loss is None or valid_loss < self.best_loss - self.min_delta
+        if self.initial_loss is None:
+            self.initial_loss = valid_loss
+        lowest = self.best_loss is None or valid_loss < self.best_loss
+        real = self.reference_loss is None or valid_loss < self.reference_loss - self.threshold()
         overfitting = False
-        if improved:
+        if lowest:
             self.best_loss, self.best_step = valid_loss, step
-            self.best_train_loss = train_loss
+            self.best_train_loss = self.train_loss
+        if real:
+            self.reference_loss = valid_loss
             self.evaluations_without_improvement = 0
         else:
             self.evaluations_without_improvement += 1
-            overfitting = not self.warned_overfitting and self._overfits(valid_loss, train_loss)
+            overfitting = not self.warned_overfitting and self._overfits(valid_loss)
             self.warned_overfitting |= overfitting
         stop = self.patience > 0 and self.evaluations_without_improvement >= self.patience
-        return Verdict(improved=improved, stop=stop, overfitting=overfitting)
+        return Verdict(improved=lowest, stop=stop, overfitting=overfitting)
 
-    def _overfits(self, valid_loss: float, train_loss: float | None) -> bool:
-        best = self.best_loss
+    def _overfits(self, valid_loss: float) -> bool:
+        best, train_loss = self.best_loss, self.train_loss
         if best is None or train_loss is None or self.best_train_loss is None:
             return False
         risen = valid_loss > best * OVERFIT_RATIO and valid_loss > best + OVERFIT_MARGIN
@@ -94,7 +116,7 @@ class EarlyStopping:
 
     @classmethod
     def restore(
-        cls, state: dict[str, Any] | None, *, patience: int, min_delta: float
+        cls, state: dict[str, Any] | None, *, patience: int, min_delta: float | None
     ) -> EarlyStopping:
         """The tracker as a checkpoint left it, with this run's settings."""
         saved = {**(state or {}), "patience": patience, "min_delta": min_delta}

@@ -36,7 +36,8 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from tuneforge.providers.contract import resolve_hyperparameters
+from tuneforge.providers.contract import DatasetFigures
+from tuneforge.providers.local.auto import resolve_local
 from tuneforge.providers.local.checkpoints import (
     latest_checkpoint,
     load_adapter_weights,
@@ -80,7 +81,7 @@ class Plan:
     max_seq_length: int
     holdout_examples: int
     early_stopping_patience: int
-    early_stopping_min_delta: float
+    early_stopping_min_delta: float | None  # None: auto
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -100,7 +101,7 @@ def resolve_plan(
 
     Evaluations on auto follow the tokens trained, not the run's length, so a long run at a
     small batch is judged early and often enough for early stopping to bite."""
-    resolved = resolve_hyperparameters(hp, n_examples)
+    resolved = resolve_local(hp, DatasetFigures(n_examples, mean_example_tokens))
     batch_size = min(max(resolved.batch_size, world_size), n_examples)
     if batch_size < world_size:
         raise ValueError(f"{n_examples} examples cannot feed {world_size} processes")
@@ -121,7 +122,9 @@ def resolve_plan(
         max_seq_length=max_seq_length,
         holdout_examples=holdout_examples,
         early_stopping_patience=resolve_patience(hp.early_stopping_patience, has_valid),
-        early_stopping_min_delta=hp.early_stopping_min_delta,
+        early_stopping_min_delta=(
+            hp.early_stopping_min_delta if isinstance(hp.early_stopping_min_delta, float) else None
+        ),
     )
 
 

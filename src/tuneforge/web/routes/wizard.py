@@ -23,10 +23,11 @@ from tuneforge.providers.catalog import find_base_model, list_base_models
 from tuneforge.providers.contract import (
     Hyperparameters,
     RequestedHyperparameters,
-    resolve_hyperparameters,
+    ResolvedHyperparameters,
 )
 from tuneforge.providers.registry import provider_names
 from tuneforge.state import SettingsDep
+from tuneforge.store.base_models import DEFAULT_MODEL
 from tuneforge.web.deps import FormDep, WebPrincipal, field_errors
 from tuneforge.web.templating import render
 
@@ -102,7 +103,7 @@ def _step_two(
     status_code: int = 200,
 ) -> Response:
     requested, _ = _hyperparameters(values)
-    auto = resolve_hyperparameters(requested or Hyperparameters(), dataset.train_examples)
+    auto = _preview(settings, dataset, values, requested or Hyperparameters())
     context = {
         "step": 2,
         "dataset": dataset,
@@ -149,6 +150,28 @@ def wizard(
     return _step_two(request, principal, settings, dataset, values, {})
 
 
+def _preview(
+    settings: Settings,
+    dataset: FineTuningDataset,
+    values: dict[str, str],
+    requested: Hyperparameters,
+) -> ResolvedHyperparameters:
+    """What "auto" becomes for the chosen model's provider (the built-in local model's until
+    a model is chosen)."""
+    try:
+        return jobs_service.preview_hyperparameters(
+            settings,
+            dataset,
+            values["model"] or DEFAULT_MODEL,
+            values["provider"] or None,
+            requested.model_dump(),
+        )
+    except InvalidInput:
+        return jobs_service.preview_hyperparameters(
+            settings, dataset, DEFAULT_MODEL, None, requested.model_dump()
+        )
+
+
 @router.post("/review")
 def review(
     request: Request,
@@ -190,7 +213,7 @@ def review(
         "estimate": estimate,
         "estimate_problem": estimate_problem,
         "provider": job_request.provider or base_model.provider,
-        "resolved": resolve_hyperparameters(job_request.hyperparameters, dataset.train_examples),
+        "resolved": _preview(settings, dataset, values, job_request.hyperparameters),
         "back_url": wizard_url(values),
     }
     return render(request, "jobs/wizard.html", context, principal=principal, section="jobs")

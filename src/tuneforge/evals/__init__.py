@@ -1,0 +1,1 @@
+"""Evaluations: model replies to a dataset scored by graders, runs compared side by side."""

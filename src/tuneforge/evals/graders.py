@@ -1,0 +1,183 @@
+"""Graders: how one model reply is scored against the expected one.
+
+Each grader gives a score in [0, 1] and a pass/fail verdict. ``string_check`` follows
+OpenAI's grader of that name (``eq``, ``ne``, ``like`` = contains, ``ilike`` = contains
+ignoring case); replies are compared with surrounding whitespace stripped, since a
+generated reply often ends in a newline its reference lacks. ``json_match`` parses both
+sides: whole-object equality passes, and the score is the share of expected keys whose
+values match, so a reply with one wrong field out of five scores 0.8. Similarity uses
+rapidfuzz's normalized Indel ratio, which is well tested and fast on long text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from rapidfuzz import fuzz
+
+StringOperation = Literal["eq", "ne", "like", "ilike"]
+
+
+@dataclass(frozen=True)
+class Grade:
+    score: float
+    passed: bool
+    detail: str | None = None
+
+
+class _Grader(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(default=None, max_length=100, description="Label in results.")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.describe()
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def grade(self, reply: str, expected: str) -> Grade:
+        raise NotImplementedError
+
+
+class StringCheck(_Grader):
+    type: Literal["string_check"] = "string_check"
+    operation: StringOperation = "eq"
+
+    def describe(self) -> str:
+        return "exact match" if self.operation == "eq" else f"string {self.operation}"
+
+    def grade(self, reply: str, expected: str) -> Grade:
+        reply, expected = reply.strip(), expected.strip()
+        if self.operation == "eq":
+            passed = reply == expected
+        elif self.operation == "ne":
+            passed = reply != expected
+        elif self.operation == "like":
+            passed = expected in reply
+        else:
+            passed = expected.casefold() in reply.casefold()
+        return Grade(float(passed), passed)
+
+
+class JsonMatch(_Grader):
+    type: Literal["json_match"] = "json_match"
+
+    def describe(self) -> str:
+        return "JSON match"
+
+    def grade(self, reply: str, expected: str) -> Grade:
+        try:
+            want = json.loads(expected)
+        except ValueError:
+            return Grade(0.0, False, "the expected reply is not JSON")
+        try:
+            got = json.loads(reply)
+        except ValueError as exc:
+            return Grade(0.0, False, f"not JSON: {exc}")
+        if got == want:
+            return Grade(1.0, True)
+        if isinstance(want, dict) and isinstance(got, dict) and want:
+            matching = [key for key, value in want.items() if key in got and got[key] == value]
+            wrong = sorted(set(want) - set(matching))
+            return Grade(len(matching) / len(want), False, f"keys differ: {', '.join(wrong)}")
+        return Grade(0.0, False, "different JSON value")
+
+
+class ValidJson(_Grader):
+    type: Literal["valid_json"] = "valid_json"
+
+    def describe(self) -> str:
+        return "valid JSON"
+
+    def grade(self, reply: str, expected: str) -> Grade:
+        try:
+            json.loads(reply)
+        except ValueError as exc:
+            return Grade(0.0, False, str(exc))
+        return Grade(1.0, True)
+
+
+class Contains(_Grader):
+    """Passes when the reply contains ``text``, or the expected reply when ``text`` is unset."""
+
+    type: Literal["contains"] = "contains"
+    text: str | None = Field(default=None, max_length=10_000)
+    ignore_case: bool = False
+
+    def describe(self) -> str:
+        return f"contains {self.text!r}" if self.text else "contains the expected reply"
+
+    def grade(self, reply: str, expected: str) -> Grade:
+        needle = self.text if self.text is not None else expected.strip()
+        passed = needle.casefold() in reply.casefold() if self.ignore_case else needle in reply
+        return Grade(float(passed), passed)
+
+
+class RegexMatch(_Grader):
+    type: Literal["regex"] = "regex"
+    pattern: str = Field(min_length=1, max_length=1_000)
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return pattern
+
+    def describe(self) -> str:
+        return f"matches /{self.pattern}/"
+
+    def grade(self, reply: str, expected: str) -> Grade:
+        passed = re.search(self.pattern, reply) is not None
+        return Grade(float(passed), passed)
+
+
+class Similarity(_Grader):
+    type: Literal["similarity"] = "similarity"
+    pass_threshold: float = Field(default=0.8, ge=0, le=1, allow_inf_nan=False)
+
+    def describe(self) -> str:
+        return "text similarity"
+
+    def grade(self, reply: str, expected: str) -> Grade:
+        score = fuzz.ratio(reply.strip(), expected.strip()) / 100.0
+        return Grade(score, score >= self.pass_threshold)
+
+
+Grader = Annotated[
+    StringCheck | JsonMatch | ValidJson | Contains | RegexMatch | Similarity,
+    Field(discriminator="type"),
+]
+
+SHORT_LABEL_CHARACTERS = 40
+
+
+def grader_for(expected_replies: list[str]) -> StringCheck | JsonMatch | Similarity:
+    """The grader the data calls for: JSON match when every expected reply is a JSON object
+    or array, exact match when they are short labels, similarity otherwise."""
+    replies = [reply.strip() for reply in expected_replies if reply.strip()]
+    if replies and all(_is_json_document(reply) for reply in replies):
+        return JsonMatch()
+    if replies and all(
+        len(reply) <= SHORT_LABEL_CHARACTERS and "\n" not in reply for reply in replies
+    ):
+        return StringCheck(operation="eq")
+    return Similarity()
+
+
+def _is_json_document(text: str) -> bool:
+    if not text.startswith(("{", "[")):
+        return False
+    try:
+        parsed: Any = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict | list)

@@ -1,0 +1,51 @@
+"""What "auto" means for a LoRA run on this machine (OpenAI's rules are for OpenAI's trainer).
+
+OpenAI's batch size of ~0.2% of the examples gives batch 1 below 750 examples: packing then
+has nothing to pack and every token pays a whole optimizer step. Locally, "auto" aims at a
+token budget per optimizer step instead (``STEP_TOKENS``, one packed forward pass on the
+default micro-batch), scales the learning rate with the square root of the batch (the
+gradient's noise falls with it), and sets the epochs so a run makes enough optimizer steps
+to learn from a small dataset while a large one is still seen a bounded number of times.
+Early stopping ends a run once held-out loss stops improving, so the epochs are an upper
+bound, not a cost. The figures behind these numbers are in ``docs/decisions.md``
+("Auto for local LoRA runs") and ``benchmarks/auto_quality.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tuneforge.providers.contract import (
+    DatasetFigures,
+    ResolvedHyperparameters,
+    default_epochs,
+)
+from tuneforge.providers.local.jobdir import LocalHyperparameters
+
+STEP_TOKENS = 1024
+MAX_AUTO_BATCH = 64
+REFERENCE_BATCH = 4  # the batch whose learning rate is LoRA's usual 2e-4 (multiplier 1)
+MAX_AUTO_LEARNING_RATE_MULTIPLIER = 4.0
+MIN_AUTO_STEPS = 40
+MAX_AUTO_EPOCHS = 10
+
+
+def resolve_local(hp: LocalHyperparameters, figures: DatasetFigures) -> ResolvedHyperparameters:
+    """The numbers a local run trains with: each knob as requested, else by the rules above."""
+    examples = max(1, figures.train_examples)
+    batch_size = hp.batch_size
+    if not isinstance(batch_size, int):
+        by_tokens = round(STEP_TOKENS / max(1.0, figures.mean_example_tokens))
+        batch_size = max(1, min(by_tokens, MAX_AUTO_BATCH, examples))
+    multiplier = hp.learning_rate_multiplier
+    if not isinstance(multiplier, float):
+        scaled = math.sqrt(batch_size / REFERENCE_BATCH)
+        multiplier = round(min(MAX_AUTO_LEARNING_RATE_MULTIPLIER, max(1.0, scaled)), 3)
+    n_epochs = hp.n_epochs
+    if not isinstance(n_epochs, int):
+        steps_per_epoch = math.ceil(examples / batch_size)
+        enough_steps = math.ceil(MIN_AUTO_STEPS / steps_per_epoch)
+        n_epochs = min(MAX_AUTO_EPOCHS, max(default_epochs(examples) or 1, enough_steps))
+    return ResolvedHyperparameters(
+        n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=multiplier
+    )
