@@ -251,3 +251,31 @@ def test_concurrent_loads_of_different_models_leave_weight_tying_intact(
         for thread in threads:
             thread.join()
         assert PreTrainedModel.tie_weights is original
+
+
+def test_a_greedy_batch_replies_as_each_conversation_would_alone(
+    engine: InferenceEngine, base: ModelSource, eos_model: ModelSource
+) -> None:
+    """Left padding must not change a reply: evaluations batch what a user asks one by one."""
+    conversations = [
+        MESSAGES,
+        [
+            {
+                "role": "user",
+                "content": "a much longer question, with more words in it than the rest",
+            }
+        ],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+    ]
+    batch = engine.complete_greedy_batch(base, conversations, 12)
+    alone = [
+        engine.complete(base, c, SamplingParams(max_tokens=12, temperature=0))
+        for c in conversations
+    ]
+    assert [c.text for c in batch] == [c.text for c in alone]
+    assert [c.prompt_tokens for c in batch] == [c.prompt_tokens for c in alone]
+    assert all(c.finish_reason == "length" and c.completion_tokens == 12 for c in batch)
+    stopped = engine.complete_greedy_batch(eos_model, conversations[:2], 12)
+    assert [(c.text, c.finish_reason, c.completion_tokens) for c in stopped] == [
+        ("", "stop", 1)
+    ] * 2
