@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 VENDOR := src/tuneforge/web/static/vendor/.built
 
-.PHONY: setup run test lint format clean
+.PHONY: setup run test test-fast lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ run: setup
 test: setup
 	bash scripts/ensure-chromium.sh
 	bash scripts/test.sh
+
+# The same lint and pytest without the tests marked slow (real models, trainer processes,
+# torchrun, the browser): a quick check while working; `make test` runs everything.
+test-fast: setup
+	bash scripts/test.sh -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

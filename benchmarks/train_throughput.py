@@ -15,7 +15,7 @@ The examples are a deterministic synthetic chat set with realistic, widely varyi
 lengths (or ``--data FILE`` in OpenAI chat JSONL).
 
     python benchmarks/train_throughput.py                 # SmolLM2-135M from the store
-    python benchmarks/train_throughput.py --tiny          # random small Llama, seconds
+    python benchmarks/train_throughput.py --tiny          # the tests' tiny Llama, seconds
 """
 
 from __future__ import annotations
@@ -271,38 +271,10 @@ def load_chats(args: argparse.Namespace) -> list[dict[str, Any]]:
     return synthetic_chats(needed, args.seed)
 
 
-def tiny_model(target: Path) -> Path:
-    """A random small Llama with SmolLM2's tokenizer when it is in the store."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from tuneforge.config import get_settings
-    from tuneforge.store.base_models import DEFAULT_MODEL, find_model_dir, pull_command
-
-    source = find_model_dir(get_settings(), DEFAULT_MODEL)
-    if source is None:
-        raise SystemExit(f"--tiny borrows SmolLM2's tokenizer: run `{pull_command()}` first")
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=8192,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, help="HF model dir (default: SmolLM2 store)")
-    parser.add_argument("--tiny", action="store_true", help="random small Llama, for a quick run")
+    parser.add_argument("--tiny", action="store_true", help="the tests' tiny Llama, quick")
     parser.add_argument("--data", help="OpenAI chat JSONL to use instead of synthetic chats")
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--heldout", type=int, default=16)
@@ -336,7 +308,10 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
         if args.tiny:
-            args.model_dir = tiny_model(Path(tmp) / "tiny")
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root
+            from tests.fixtures.tiny_model import build_tiny_model
+
+            args.model_dir = build_tiny_model(Path(tmp) / "tiny")
         elif args.model_dir is None:
             from tuneforge.config import get_settings
             from tuneforge.store.base_models import DEFAULT_MODEL, find_model_dir

@@ -30,14 +30,6 @@ ASK = {
 
 
 @pytest.fixture
-def fine_tuned(factories: Factories, account: Account, tiny_adapter_dir: Path) -> FineTunedModel:
-    job = factories.succeeded_job(account.organization_id, base_model=TINY_BASE_MODEL)
-    return factories.model(
-        account.organization_id, job=job, provider_model_id=str(tiny_adapter_dir)
-    )
-
-
-@pytest.fixture
 def agent(factories: Factories, account: Account, fine_tuned: FineTunedModel) -> Agent:
     return factories.agent(
         account.organization_id,

@@ -61,17 +61,6 @@ def sdk(server_url: str, api_key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server_url}/v1", api_key=api_key, max_retries=0, timeout=60)
 
 
-@pytest.fixture
-def fine_tuned(factories: Factories, account: Account, tiny_adapter_dir: Path) -> FineTunedModel:
-    job = factories.succeeded_job(account.organization_id, base_model=TINY_BASE_MODEL)
-    return factories.model(
-        account.organization_id,
-        job=job,
-        name="ft:tiny:support",
-        provider_model_id=str(tiny_adapter_dir),
-    )
-
-
 def test_chat_completion_by_id_and_by_name(
     sdk: openai.OpenAI, fine_tuned: FineTunedModel, db_session: Session
 ) -> None:

@@ -163,9 +163,12 @@ def test_a_local_job_takes_the_local_trainers_hyperparameters(
         "batch_size": 20,
         "learning_rate_multiplier": pytest.approx(5**0.5, abs=1e-3),
     }
-    assert client.get(f"/fine-tuning/jobs/{job['id']}", headers=account.headers).json()[
-        "hyperparameters"
-    ] == job["hyperparameters"]
+    assert (
+        client.get(f"/fine-tuning/jobs/{job['id']}", headers=account.headers).json()[
+            "hyperparameters"
+        ]
+        == job["hyperparameters"]
+    )
 
     for bad, named in (({"lora_r": 0}, "lora_r"), ({"lora_rank": 8}, "lora_rank")):
         response = post_job(client, account, dataset_id, model=TINY_BASE_MODEL, hyperparameters=bad)

@@ -19,7 +19,6 @@ from tests.fixtures.api import Account
 from tests.fixtures.factories import Factories
 from tuneforge.api_client import parse_server_sent_events
 from tuneforge.cli import app as cli_app
-from tuneforge.config import Settings
 from tuneforge.db.engine import unit_of_work
 from tuneforge.db.tables.jobs import FineTuningJob, JobMetric, JobStatus
 from tuneforge.jobs import stream
@@ -27,11 +26,6 @@ from tuneforge.jobs.states import JobUpdate, transition_job, update_job
 
 S = JobStatus
 MODEL = "gpt-4o-mini-2024-07-18"
-
-
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"openai_api_key": "sk-test"})
 
 
 @pytest.fixture

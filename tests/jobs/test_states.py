@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.fixtures.factories import Factories
 from tuneforge.db.base import utcnow
-from tuneforge.db.engine import make_engine, make_session_factory, unit_of_work
+from tuneforge.db.engine import unit_of_work
 from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobStatus
 from tuneforge.errors import NotFound
 from tuneforge.jobs.states import (
@@ -26,6 +26,7 @@ from tuneforge.jobs.states import (
     transition_job,
     update_job,
 )
+from tuneforge.providers.contract import ProviderJobState
 
 Factory = sessionmaker[Session]
 PAIRS = [(current, target) for current in JobStatus for target in JobStatus]
@@ -189,3 +190,7 @@ def test_a_field_update_cannot_change_the_status(
         update_job(session, job_id, JobUpdate(attempts=2, error_message="transient"))
     job, _ = stored(session_factory, job_id)
     assert (job.status, job.attempts) == (JobStatus.RUNNING, 2)
+
+
+def test_every_state_a_provider_reports_is_a_job_status() -> None:
+    assert {state.value for state in ProviderJobState} <= {status.value for status in JobStatus}

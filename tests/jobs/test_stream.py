@@ -15,18 +15,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.fixtures.api import Account
 from tests.fixtures.factories import Factories
-from tuneforge.config import Settings
 from tuneforge.db.engine import unit_of_work
 from tuneforge.db.tables.jobs import JobCheckpoint, JobMetric, JobStatus
 from tuneforge.jobs import stream as job_stream
 from tuneforge.jobs.states import JobUpdate, transition_job, update_job
 
 S = JobStatus
-
-
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"openai_api_key": "sk-test"})
 
 
 @pytest.fixture(autouse=True)

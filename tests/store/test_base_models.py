@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
+from tests.fixtures.tiny_model import TINY_CONTEXT_LENGTH
 from tuneforge.config import Settings
 from tuneforge.errors import Conflict, InvalidInput, NotFound
 from tuneforge.store.base_models import (
@@ -22,7 +23,7 @@ def test_a_local_model_directory_registers_with_its_context_and_size(
 ) -> None:
     stored = register_local_model(local_settings, tiny_model_dir, "tiny-llama")
 
-    assert stored.context_length == 512
+    assert stored.context_length == TINY_CONTEXT_LENGTH
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert stored.parameter_count == sum(p.numel() for p in model.parameters())
     assert find_model_dir(local_settings, "tiny-llama") == tiny_model_dir.resolve()

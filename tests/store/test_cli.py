@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.fixtures.tiny_model import TINY_CONTEXT_LENGTH
 from tuneforge.config import get_settings
 from tuneforge.store.cli import models_app
 
@@ -26,7 +27,7 @@ def test_models_add_then_list(data_dir: Path, tiny_model_dir: Path) -> None:
 
     added = runner.invoke(models_app, ["add", str(tiny_model_dir), "--name", "tiny"])
     assert added.exit_code == 0, added.output
-    assert "512 tokens of context" in added.output
+    assert f"{TINY_CONTEXT_LENGTH} tokens of context" in added.output
     listed = runner.invoke(models_app, ["list"])
     assert "tiny" in listed.output and "registered" in listed.output
 

@@ -21,6 +21,8 @@ from tests.fixtures.files import chat, jsonl
 from tests.fixtures.tiny_model import TINY_BASE_MODEL
 from tuneforge.store.base_models import MARKER_FILE
 
+pytestmark = pytest.mark.slow  # a real browser
+
 BASE_MODEL = TINY_BASE_MODEL
 LOSS_POINTS = "Chart.getChart('loss-chart').data.datasets.reduce((n, d) => n + d.data.length, 0)"
 

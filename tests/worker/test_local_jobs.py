@@ -23,17 +23,17 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.providers.local.factories import build_tiny_model
-from tests.worker import make_dataset, make_organization, queue_job
+from tests.fixtures.factories import Factories
 from tuneforge.config import Settings
 from tuneforge.db.base import utcnow
-from tuneforge.db.engine import make_engine, make_session_factory
 from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobMetric, JobStatus
 from tuneforge.db.tables.models import FineTunedModel
 from tuneforge.providers.local.jobdir import checkpoint_dirs, job_paths, read_status
 from tuneforge.store.base_models import register_local_model
 from tuneforge.worker.loop import Worker
 from tuneforge.worker.runner import WorkerConfig
+
+pytestmark = pytest.mark.slow  # real trainer processes
 
 Factory = sessionmaker[Session]
 TUNEFORGE = Path(sys.executable).with_name("tuneforge")
@@ -46,45 +46,24 @@ HYPERPARAMETERS = {
     "lora_alpha": 64,
     "learning_rate_multiplier": 10.0,
     "warmup_ratio": 0.0,
+    "early_stopping_patience": 0,  # every step runs, so the steps can be counted
 }
 TOTAL_STEPS = 6 * 32 // 4
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    torch.manual_seed(0)
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+@pytest.fixture
+def settings(worker_settings: Settings, tiny_model_dir: Path) -> Settings:
+    register_local_model(worker_settings, tiny_model_dir, "tiny-llama")
+    return worker_settings
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path, tiny_model_dir: Path) -> Settings:
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        embedded_worker=False,
-        worker_lease_seconds=10.0,
-    )
-    register_local_model(settings, tiny_model_dir, "tiny-llama")
-    return settings
-
-
-@pytest.fixture
-def session_factory(settings: Settings) -> Iterator[Factory]:
-    engine = make_engine(settings.resolved_database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def local_job(session_factory: Factory, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models train fastest on one thread
+def local_job(session_factory: Factory, one_cpu_thread: None) -> str:
     with session_factory() as session:
-        organization_id = make_organization(session)
-        dataset = make_dataset(session, organization_id, train=32, validation=0, invalid=0)
-        job = queue_job(
-            session,
+        rows = Factories(session)
+        organization_id = rows.organization()
+        dataset = rows.dataset_with_examples(organization_id, train=32, validation=0, invalid=0)
+        job = rows.queued_job(
             organization_id,
             dataset,
             provider="local",

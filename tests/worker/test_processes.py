@@ -1,6 +1,7 @@
 """Real ``tuneforge worker`` processes sharing one PostgreSQL queue and the fake OpenAI server.
 
-PostgreSQL only: that is the multi-machine deployment these tests stand for.
+PostgreSQL only (``postgres_url``): that is the multi-machine deployment these tests stand
+for.
 """
 
 from __future__ import annotations
@@ -18,29 +19,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.fakes.openai_server import FakeOpenAI
-from tests.worker import make_dataset, make_organization, queue_job
-from tuneforge.db.engine import make_engine, make_session_factory
+from tests.fixtures.factories import Factories
 from tuneforge.db.tables.jobs import FineTuningJob, JobStatus
 from tuneforge.db.tables.models import FineTunedModel
 from tuneforge.jobs.states import TERMINAL_STATUSES
 
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("postgres_url")]
+
 Factory = sessionmaker[Session]
 TUNEFORGE = Path(sys.executable).with_name("tuneforge")
 LEASE_SECONDS = 2.0
-
-
-@pytest.fixture
-def postgres_url(database_url: str) -> str:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("worker processes are tested on PostgreSQL, the multi-worker backend")
-    return database_url
-
-
-@pytest.fixture
-def session_factory(postgres_url: str) -> Iterator[Factory]:
-    engine = make_engine(postgres_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture
@@ -78,9 +66,10 @@ def start_worker(
 
 def queue_jobs(factory: Factory, count: int) -> list[str]:
     with factory() as session:
-        organization_id = make_organization(session)
-        dataset = make_dataset(session, organization_id, train=3, validation=1)
-        return [queue_job(session, organization_id, dataset).id for _ in range(count)]
+        rows = Factories(session)
+        organization_id = rows.organization()
+        dataset = rows.dataset_with_examples(organization_id, train=3, validation=1)
+        return [rows.queued_job(organization_id, dataset).id for _ in range(count)]
 
 
 def wait_until_finished(factory: Factory, job_ids: list[str], timeout: float) -> None:

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.worker import make_dataset, make_organization, queue_job
+from tests.fixtures.factories import Factories
 from tuneforge.config import Settings
 from tuneforge.db.base import utcnow
-from tuneforge.db.engine import make_engine, make_session_factory, unit_of_work
+from tuneforge.db.engine import unit_of_work
 from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobStatus
 from tuneforge.db.tables.models import FineTunedModel
 from tuneforge.providers.contract import (
@@ -43,20 +43,14 @@ Factory = sessionmaker[Session]
 
 
 @pytest.fixture
-def session_factory(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
 def queue_jobs(session_factory: Factory) -> Iterator[QueueJobs]:
     with session_factory() as session:
-        organization_id = make_organization(session)
-        dataset = make_dataset(session, organization_id, train=1, validation=0, invalid=0)
+        rows = Factories(session)
+        organization_id = rows.organization()
+        dataset = rows.dataset_with_examples(organization_id, train=1, validation=0, invalid=0)
 
         def add(count: int = 1, **fields: object) -> list[str]:
-            return [queue_job(session, organization_id, dataset, **fields).id for _ in range(count)]
+            return [rows.queued_job(organization_id, dataset, **fields).id for _ in range(count)]
 
         yield add
 
@@ -275,14 +269,9 @@ def test_postgres_claimants_skip_rows_locked_by_an_open_claim(
 
 
 @pytest.fixture
-def worker_settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        embedded_worker=False,
-        polling_interval_seconds=0.0,
-        worker_lease_seconds=0.3,
-    )
+def worker_settings(worker_settings: Settings) -> Settings:
+    """A lease short enough to expire, or need renewing, within a test."""
+    return worker_settings.model_copy(update={"worker_lease_seconds": 0.3})
 
 
 def test_a_worker_that_lost_its_lease_writes_nothing(

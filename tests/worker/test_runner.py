@@ -14,12 +14,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.fakes.openai_server import FakeOpenAI
-from tests.worker import OPENAI_BASE_MODEL, chat, make_dataset, make_organization, queue_job
+from tests.fixtures.factories import OPENAI_BASE_MODEL, Factories, example_messages
 from tuneforge.app import create_app
 from tuneforge.config import Settings
 from tuneforge.datasets.export import export_job_files, iter_example_lines
 from tuneforge.db.base import utcnow
-from tuneforge.db.engine import make_engine, make_session_factory, unit_of_work
+from tuneforge.db.engine import unit_of_work
 from tuneforge.db.tables.datasets import ExampleSplit, TrainingExample
 from tuneforge.db.tables.jobs import (
     FineTuningEvent,
@@ -49,22 +49,8 @@ FAST = WorkerConfig(
 
 
 @pytest.fixture
-def session_factory(database_url: str) -> Iterator[Factory]:
-    engine = make_engine(database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def worker_settings(database_url: str, tmp_path: Path, fake_openai: FakeOpenAI) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        embedded_worker=False,
-        polling_interval_seconds=0.0,
-        worker_lease_seconds=10.0,
-        **fake_openai.settings_overrides,
-    )
+def worker_settings(worker_settings: Settings, fake_openai: FakeOpenAI) -> Settings:
+    return worker_settings.model_copy(update=fake_openai.settings_overrides)
 
 
 @pytest.fixture
@@ -75,11 +61,12 @@ def worker(session_factory: Factory, worker_settings: Settings) -> Worker:
 @pytest.fixture
 def new_job(session_factory: Factory) -> Iterator[Callable[..., str]]:
     with session_factory() as session:
-        organization_id = make_organization(session)
-        dataset = make_dataset(session, organization_id, train=3, validation=1)
+        rows = Factories(session)
+        organization_id = rows.organization()
+        dataset = rows.dataset_with_examples(organization_id, train=3, validation=1)
 
         def add(**fields: object) -> str:
-            return queue_job(session, organization_id, dataset, **fields).id
+            return rows.queued_job(organization_id, dataset, **fields).id
 
         yield add
 
@@ -149,8 +136,10 @@ def test_job_runs_from_pending_to_succeeded_with_one_model(
 
     training = fake_openai.file_content(provider_job["training_file"]).decode().splitlines()
     validation = fake_openai.file_content(provider_job["validation_file"]).decode().splitlines()
-    assert [json.loads(line) for line in training] == [{"messages": chat(n)} for n in (1, 2, 3)]
-    assert [json.loads(line) for line in validation] == [{"messages": chat(4)}]
+    assert [json.loads(line) for line in training] == [
+        {"messages": example_messages(n)} for n in (1, 2, 3)
+    ]
+    assert [json.loads(line) for line in validation] == [{"messages": example_messages(4)}]
 
     transitions = [(e.data or {}).get("to") for e in events(session_factory, job_id, "status")]
     assert transitions == ["validating_files", "queued", "running", "succeeded"]
@@ -362,7 +351,7 @@ def test_provider_job_created_before_a_crash_is_found_not_duplicated(
     provider = OpenAIProvider(worker_settings)
     training = worker_settings.data_dir / "t.jsonl"
     training.parent.mkdir(parents=True)
-    training.write_text(json.dumps({"messages": chat(1)}) + "\n")
+    training.write_text(json.dumps({"messages": example_messages(1)}) + "\n")
     file_id = provider.upload_training_file(training, idempotency_key="x")
     job_id = new_job(
         status=JobStatus.VALIDATING_FILES,
@@ -411,8 +400,9 @@ def test_export_streams_valid_rows_in_pages(
     session_factory: Factory, tmp_path: Path, new_job: Callable[..., str]
 ) -> None:
     with session_factory() as session:
-        organization_id = make_organization(session)
-        dataset = make_dataset(session, organization_id, train=7, validation=0, invalid=2)
+        rows = Factories(session)
+        organization_id = rows.organization()
+        dataset = rows.dataset_with_examples(organization_id, train=7, validation=0, invalid=2)
         session.execute(
             update(TrainingExample)
             .where(TrainingExample.dataset_id == dataset.id, TrainingExample.line_number == 2)
@@ -420,10 +410,10 @@ def test_export_streams_valid_rows_in_pages(
         )
         lines = list(iter_example_lines(session, dataset.id, ExampleSplit.TRAIN, page_size=2))
         records = [json.loads(line) for line in lines]
-        assert [r["messages"] for r in records] == [chat(n) for n in range(1, 8)]
+        assert [r["messages"] for r in records] == [example_messages(n) for n in range(1, 8)]
         assert [r.get("tools") for r in records[:3]] == [None, [TOOL], None]
 
-        other = make_dataset(session, organization_id, train=2, validation=1)
+        other = rows.dataset_with_examples(organization_id, train=2, validation=1)
         job = session.get(FineTuningJob, new_job(validation_dataset_id=other.id))
         assert job is not None
         exported = export_job_files(session, job, tmp_path / "export")

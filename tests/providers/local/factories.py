@@ -1,8 +1,7 @@
-"""Builders for local-provider tests: a tiny chat model made in well under a second, no hub.
+"""Training data and job directories for local-provider tests (the model: ``tiny_model_dir``).
 
-The tokenizer is a byte-level BPE trained here on a few words, with a ChatML template like
-SmolLM2's; the model is a 2-layer Llama with random weights. Conversations follow a rule
-(the answer repeats the question) so a few training steps visibly lower the loss.
+Conversations follow a rule (the answer repeats the question) so a few training steps on
+the tiny model visibly lower the loss.
 """
 
 from __future__ import annotations
@@ -10,9 +9,6 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tuneforge.providers.local.jobdir import (
     JobPaths,
@@ -22,13 +18,6 @@ from tuneforge.providers.local.jobdir import (
     write_spec,
 )
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 _WORD_TEXT = (
     "the cat dog sat on a mat ran to park blue red green what is color of sky sea "
     "please tell me about your day it was fine thanks hello world answer question"
@@ -57,45 +46,6 @@ def chat_examples(count: int, seed: int = 0) -> list[dict]:
 def write_jsonl(path: Path, examples: list[dict]) -> Path:
     path.write_text("".join(json.dumps(e) + "\n" for e in examples))
     return path
-
-
-def build_tiny_model(target: Path) -> Path:
-    corpus = [" ".join(WORDS)] * 4 + [" ".join(WORDS[i::3]) for i in range(3)]
-    bpe = Tokenizer(models.BPE(unk_token=None))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(
-        corpus,
-        trainers.BpeTrainer(
-            vocab_size=400,
-            special_tokens=SPECIAL_TOKENS,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        chat_template=CHAT_TEMPLATE,
-    )
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
 
 
 def prepare_job_dir(

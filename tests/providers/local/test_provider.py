@@ -137,6 +137,7 @@ def test_create_job_rejects_unknown_models_and_bad_hyperparameters(
     assert "tuneforge models pull nope" in str(missing.value)
 
 
+@pytest.mark.slow
 def test_a_job_runs_to_success_with_events_metrics_checkpoints_and_a_loadable_adapter(
     provider: LocalProvider, local_settings: Settings, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
@@ -178,6 +179,7 @@ def test_a_job_runs_to_success_with_events_metrics_checkpoints_and_a_loadable_ad
     PeftModel.from_pretrained(base, adapter_dir)
 
 
+@pytest.mark.slow
 def test_a_killed_trainer_fails_the_attempt_and_create_job_resumes_from_its_checkpoint(
     provider: LocalProvider, local_settings: Settings, tmp_path: Path
 ) -> None:
@@ -215,6 +217,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_a_killed_worker_takes_its_trainer_along_and_the_next_worker_resumes(
     provider: LocalProvider, local_settings: Settings, tmp_path: Path
 ) -> None:
@@ -251,6 +254,7 @@ def test_a_killed_worker_takes_its_trainer_along_and_the_next_worker_resumes(
     assert metric_steps(events) == list(range(0, 49))
 
 
+@pytest.mark.slow
 def test_cancel_stops_the_trainer_within_seconds(
     provider: LocalProvider, local_settings: Settings, tmp_path: Path
 ) -> None:
@@ -278,6 +282,7 @@ def test_cancel_stops_the_trainer_within_seconds(
     assert provider.get_status("stop").status == ProviderJobState.CANCELLED
 
 
+@pytest.mark.slow
 def test_two_torchrun_processes_train_like_one(provider: LocalProvider, tmp_path: Path) -> None:
     common = {"n_epochs": 2, "batch_size": 8, "lora_dropout": 0.0}
     for job_id, processes in (("one", 1), ("two", 2)):
@@ -304,6 +309,7 @@ def test_two_torchrun_processes_train_like_one(provider: LocalProvider, tmp_path
     assert one["valid_loss"] == pytest.approx(two["valid_loss"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_a_trainer_waits_while_another_process_holds_the_job(
     provider: LocalProvider, local_settings: Settings, tmp_path: Path
 ) -> None:

@@ -96,4 +96,4 @@ def test_smollm2_converts_fine_tunes_and_its_adapter_loads(tmp_path: Path) -> No
     assert after < before * 0.7, (before, after)
 
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]
