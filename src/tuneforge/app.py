@@ -24,6 +24,7 @@ from tuneforge.db.engine import make_engine, make_session_factory
 from tuneforge.db.migrate import ensure_migrated
 from tuneforge.db.session import SessionDep, session_slots
 from tuneforge.errors import ServiceUnavailable, TuneForgeError, error_responses
+from tuneforge.evals.endpoints import router as evals_router
 from tuneforge.inference.calls import InferenceRuntime
 from tuneforge.inference.endpoints import agent_chat_router, openai_router
 from tuneforge.inference.engine import InferenceEngine
@@ -87,7 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         worker = None
         if settings.embedded_worker:
-            worker = WorkerThread(state.session_factory, settings).start()
+            inference = state.shared(InferenceRuntime).engine
+            worker = WorkerThread(state.session_factory, settings, inference).start()
         yield
         if worker is not None:
             worker.stop()
@@ -134,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(agent_chat_router)
     app.include_router(datasets_router)
     app.include_router(jobs_router)
+    app.include_router(evals_router)
     app.include_router(sync_router)
     app.include_router(base_models_router)
     app.include_router(models_router)

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,11 +24,16 @@ from tuneforge.db.base import utcnow
 from tuneforge.db.engine import unit_of_work
 from tuneforge.db.tables.jobs import FineTuningJob
 from tuneforge.errors import NotFound
+from tuneforge.evals import repository as evals_repository
+from tuneforge.evals.execution import execute_run
+from tuneforge.inference.engine import InferenceEngine
 from tuneforge.jobs import service as jobs_service
 from tuneforge.worker.queue import claim_job, claim_next_job, heartbeat, release, request_run_now
 from tuneforge.worker.runner import JobRunner, LeaseLost, StepResult, WorkerConfig
 
 log = logging.getLogger(__name__)
+
+Heartbeat = Callable[[Session, str, str, float], bool]
 
 
 def new_worker_id(kind: str = "worker") -> str:
@@ -47,11 +53,13 @@ class LeaseKeeper:
         job_id: str,
         worker_id: str,
         lease_seconds: float,
+        beat: Heartbeat = heartbeat,
     ) -> None:
         self.session_factory = session_factory
         self.job_id = job_id
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
+        self._extend = beat
         self.lost = threading.Event()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
@@ -73,7 +81,7 @@ class LeaseKeeper:
         while not self._closed.wait(self.lease_seconds / 3):
             try:
                 with unit_of_work(self.session_factory) as session:
-                    alive = heartbeat(session, self.job_id, self.worker_id, self.lease_seconds)
+                    alive = self._extend(session, self.job_id, self.worker_id, self.lease_seconds)
             except Exception:
                 log.warning("Heartbeat for job %s failed; retrying", self.job_id, exc_info=True)
                 continue
@@ -83,7 +91,10 @@ class LeaseKeeper:
 
 
 class Worker:
-    """Claims due jobs one at a time and works on each under its lease."""
+    """Claims due jobs, then due evaluations, one at a time, and works on each under its lease.
+
+    Evaluations generate with ``engine``: the server's own when the worker is embedded (one
+    copy of each model in memory), else one made on the first evaluation."""
 
     def __init__(
         self,
@@ -91,12 +102,20 @@ class Worker:
         settings: Settings,
         worker_id: str | None = None,
         config: WorkerConfig | None = None,
+        engine: InferenceEngine | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.settings = settings
         self.worker_id = worker_id or new_worker_id()
         self.config = config or WorkerConfig()
         self.runner = JobRunner(session_factory, settings, self.worker_id, self.config)
+        self._engine = engine
+
+    @property
+    def engine(self) -> InferenceEngine:
+        if self._engine is None:
+            self._engine = InferenceEngine(self.settings.inference_cache_bytes)
+        return self._engine
 
     def run_forever(self, stop_event: threading.Event) -> None:
         """Work until ``stop_event`` is set; the job in hand is finished or handed back first."""
@@ -112,12 +131,12 @@ class Worker:
         log.info("Worker %s stopped", self.worker_id)
 
     def run_once(self, stop_event: threading.Event | None = None) -> bool:
-        """Claim and work on one due job; False when none was due."""
+        """Claim and work on one due job, else one due evaluation; False when none was due."""
         with unit_of_work(self.session_factory) as session:
             job = claim_next_job(session, self.worker_id, self.settings.worker_lease_seconds)
             job_id = job.id if job is not None else None
         if job_id is None:
-            return False
+            return self.run_one_evaluation()
         log.info("Worker %s claimed job %s", self.worker_id, job_id)
         work_on_claimed_job(
             self.session_factory,
@@ -126,6 +145,22 @@ class Worker:
             self.settings.worker_lease_seconds,
             stop_event or threading.Event(),
         )
+        return True
+
+    def run_one_evaluation(self) -> bool:
+        """Claim and run one due evaluation to its end; False when none was due."""
+        lease = self.settings.worker_lease_seconds
+        with unit_of_work(self.session_factory) as session:
+            run = evals_repository.claim_next_run(session, self.worker_id, lease)
+            run_id = run.id if run is not None else None
+        if run_id is None:
+            return False
+        log.info("Worker %s claimed evaluation %s", self.worker_id, run_id)
+        beat = evals_repository.extend_lease
+        with LeaseKeeper(self.session_factory, run_id, self.worker_id, lease, beat):
+            execute_run(
+                self.session_factory, self.settings, self.engine, run_id, self.worker_id, lease
+            )
         return True
 
 
@@ -213,9 +248,14 @@ def sync_job(
 class WorkerThread:
     """The embedded worker of ``tuneforge serve``: one Worker on a daemon thread."""
 
-    def __init__(self, session_factory: sessionmaker[Session], settings: Settings) -> None:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        settings: Settings,
+        engine: InferenceEngine | None = None,
+    ) -> None:
         self.stop_event = threading.Event()
-        self.worker = Worker(session_factory, settings, new_worker_id("embedded"))
+        self.worker = Worker(session_factory, settings, new_worker_id("embedded"), engine=engine)
         self._thread = threading.Thread(
             target=self.worker.run_forever, args=(self.stop_event,), name="tuneforge-worker"
         )

@@ -4,6 +4,7 @@ from tuneforge.db.base import Base
 from tuneforge.db.tables.agents import Agent, Conversation, ConversationMessage, ConversationTag
 from tuneforge.db.tables.auth import ApiKey, Membership, Organization, User
 from tuneforge.db.tables.datasets import FineTuningDataset, TrainingExample
+from tuneforge.db.tables.evals import EvalResult, EvalRun
 from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobCheckpoint, JobMetric
 from tuneforge.db.tables.models import FineTunedModel, ModelUsage
 
@@ -14,6 +15,8 @@ __all__ = [
     "Conversation",
     "ConversationMessage",
     "ConversationTag",
+    "EvalResult",
+    "EvalRun",
     "FineTunedModel",
     "FineTuningDataset",
     "FineTuningEvent",
