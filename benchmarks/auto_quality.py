@@ -15,7 +15,7 @@ pass rate in percent. Goals (2-core CPU): every auto job trains in <= 5 minutes,
 stopping included, and scores within 2 points of the hand-tuned one; extraction >= 95%.
 
     python benchmarks/auto_quality.py                    # all three tasks (~40 min on 2 cores)
-    python benchmarks/auto_quality.py --tasks extraction --skip-hand-tuned
+    python benchmarks/auto_quality.py --hand-tuned extraction   # hand-tuned runs on one task
 """
 
 from __future__ import annotations
@@ -151,7 +151,12 @@ def run_config(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="*", default=[task.name for task in TASKS])
-    parser.add_argument("--skip-hand-tuned", action="store_true")
+    parser.add_argument(
+        "--hand-tuned",
+        nargs="*",
+        default=None,
+        help="Tasks to also train the hand-tuned configuration on (default: every task).",
+    )
     parser.add_argument("--data-dir", type=Path, default=Path("var/bench-quality"))
     args = parser.parse_args()
     settings = Settings(data_dir=args.data_dir)
@@ -173,7 +178,7 @@ def main() -> None:
             )
             print(f"[{task.name}] auto: {auto}", flush=True)
             hand = None
-            if not args.skip_hand_tuned:
+            if args.hand_tuned is None or task.name in args.hand_tuned:
                 hand = run_config(
                     settings,
                     base,

@@ -1,18 +1,17 @@
-"""SQL for evaluation runs and their results; run queries start from ``org_scoped``."""
+"""SQL for evaluation runs and their results; run queries start from ``org_scoped``.
+
+Claiming and heartbeats are the worker queue's (``worker/queue.py``), as for jobs."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tuneforge.db.base import utcnow
 from tuneforge.db.scoping import org_scoped
 from tuneforge.db.tables.datasets import ExampleSplit, TrainingExample
 from tuneforge.db.tables.evals import EvalResult, EvalRun, EvalStatus
-
-ACTIVE = (EvalStatus.QUEUED, EvalStatus.RUNNING)
 
 
 def list_runs(
@@ -50,55 +49,6 @@ def list_results(
 def all_results(session: Session, run_id: str) -> list[EvalResult]:
     stmt = select(EvalResult).where(EvalResult.run_id == run_id).order_by(EvalResult.position)
     return list(session.scalars(stmt))
-
-
-def claim_next_run(session: Session, worker_id: str, lease_seconds: float) -> EvalRun | None:
-    """Lease the oldest due run whose lease is free, as the job queue does (one statement)."""
-    now = utcnow()
-    free = or_(EvalRun.lease_expires_at.is_(None), EvalRun.lease_expires_at < now)
-    next_id = (
-        select(EvalRun.id)
-        .where(
-            and_(
-                EvalRun.status.in_(ACTIVE),
-                or_(EvalRun.run_after.is_(None), EvalRun.run_after <= now),
-                free,
-            )
-        )
-        .order_by(EvalRun.created_at)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    stmt = (
-        update(EvalRun)
-        .where(EvalRun.id == next_id, free)
-        .values(
-            lease_owner=worker_id,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            heartbeat_at=now,
-        )
-        .returning(EvalRun)
-        .execution_options(populate_existing=True)
-    )
-    return session.scalars(stmt).first()
-
-
-def extend_lease(session: Session, run_id: str, worker_id: str, lease_seconds: float) -> bool:
-    """Heartbeat; False when the lease is no longer ours (or the run was cancelled)."""
-    now = utcnow()
-    result = session.execute(
-        update(EvalRun)
-        .where(
-            EvalRun.id == run_id,
-            EvalRun.lease_owner == worker_id,
-            EvalRun.status.in_(ACTIVE),
-            EvalRun.cancel_requested.is_(False),
-        )
-        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def finish(

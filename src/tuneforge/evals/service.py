@@ -18,7 +18,7 @@ from tuneforge.config import Settings
 from tuneforge.db.base import utcnow
 from tuneforge.db.scoping import get_owned
 from tuneforge.db.tables.datasets import FineTuningDataset, TrainingExample
-from tuneforge.db.tables.evals import EvalResult, EvalRun, EvalStatus
+from tuneforge.db.tables.evals import ACTIVE_EVAL_STATUSES, EvalResult, EvalRun, EvalStatus
 from tuneforge.errors import Conflict, InvalidInput, NotFound
 from tuneforge.evals import repository
 from tuneforge.evals.graders import Grader, grader_for
@@ -99,7 +99,7 @@ def list_runs(
 def cancel_run(session: Session, organization_id: str, run_id: str) -> EvalRun:
     """A queued run is cancelled at once; a running one at its worker's next batch."""
     run = get_owned(session, EvalRun, run_id, organization_id, label=RUN_LABEL, for_update=True)
-    if run.status not in repository.ACTIVE:
+    if run.status not in ACTIVE_EVAL_STATUSES:
         raise Conflict(
             f"Evaluation {run.id} is already {run.status.value}", status=run.status.value
         )

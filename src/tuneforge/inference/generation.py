@@ -29,6 +29,14 @@ from transformers import (
 from tuneforge.errors import InvalidInput
 
 FinishReason = Literal["stop", "length"]
+# generate() decodes greedily; sampling happens in our own processors. Neutral values for
+# the rest keep generate() from warning about (or applying) a model's own sampling defaults.
+NEUTRAL_SAMPLING: dict[str, Any] = {
+    "do_sample": False,
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": 50,
+}
 ChatMessages = Sequence[Mapping[str, str]]
 
 
@@ -174,11 +182,7 @@ def generate_reply(
         output = model.generate(
             **inputs,
             max_new_tokens=max_tokens,
-            # Sampling happens in our processors; neutral values keep generate() quiet.
-            do_sample=False,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=50,
+            **NEUTRAL_SAMPLING,
             eos_token_id=eos_ids,
             pad_token_id=_pad_token_id(model, tokenizer, eos_ids),
             logits_processor=processors,
@@ -237,10 +241,7 @@ def generate_greedy_batch(
         output = model.generate(
             **inputs,
             max_new_tokens=room,
-            do_sample=False,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=50,
+            **NEUTRAL_SAMPLING,
             eos_token_id=eos_ids,
             pad_token_id=pad_id,
         )

@@ -24,11 +24,18 @@ from tuneforge.db.base import utcnow
 from tuneforge.db.engine import unit_of_work
 from tuneforge.db.tables.jobs import FineTuningJob
 from tuneforge.errors import NotFound
-from tuneforge.evals import repository as evals_repository
 from tuneforge.evals.execution import execute_run
 from tuneforge.inference.engine import InferenceEngine
 from tuneforge.jobs import service as jobs_service
-from tuneforge.worker.queue import claim_job, claim_next_job, heartbeat, release, request_run_now
+from tuneforge.worker.queue import (
+    claim_job,
+    claim_next_eval_run,
+    claim_next_job,
+    eval_heartbeat,
+    heartbeat,
+    release,
+    request_run_now,
+)
 from tuneforge.worker.runner import JobRunner, LeaseLost, StepResult, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -151,16 +158,13 @@ class Worker:
         """Claim and run one due evaluation to its end; False when none was due."""
         lease = self.settings.worker_lease_seconds
         with unit_of_work(self.session_factory) as session:
-            run = evals_repository.claim_next_run(session, self.worker_id, lease)
+            run = claim_next_eval_run(session, self.worker_id, lease)
             run_id = run.id if run is not None else None
         if run_id is None:
             return False
         log.info("Worker %s claimed evaluation %s", self.worker_id, run_id)
-        beat = evals_repository.extend_lease
-        with LeaseKeeper(self.session_factory, run_id, self.worker_id, lease, beat):
-            execute_run(
-                self.session_factory, self.settings, self.engine, run_id, self.worker_id, lease
-            )
+        with LeaseKeeper(self.session_factory, run_id, self.worker_id, lease, eval_heartbeat):
+            execute_run(self.session_factory, self.settings, self.engine, run_id, self.worker_id)
         return True
 
 

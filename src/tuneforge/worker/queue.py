@@ -1,4 +1,5 @@
-"""The job queue: job rows are the work, leases say who is on one, heartbeats keep a lease alive.
+"""The work queues: job and evaluation rows are the work, leases say who is on one,
+heartbeats keep a lease alive.
 
 A job is claimable when it is active, due (``run_after`` is null or past) and its lease is
 free (none, or expired because its worker died). Both backends claim with one statement,
@@ -17,33 +18,39 @@ A claim clears ``run_after``: a "sync now" or cancel during the lease sets it to
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, Update, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from tuneforge.db.base import utcnow
+from tuneforge.db.tables.evals import ACTIVE_EVAL_STATUSES, EvalRun
 from tuneforge.db.tables.jobs import FineTuningJob
 from tuneforge.jobs.states import ACTIVE_STATUSES
 
 Job = FineTuningJob
+Leased = type[FineTuningJob] | type[EvalRun]
+"""A table of queued work: status, ``run_after`` and the lease columns."""
 
 
-def _claim(session: Session, stmt: Update) -> Job | None:
+def _claim(session: Session, table: Leased, stmt: Update) -> Any:
     if not session.get_bind().dialect.update_returning:
-        raise RuntimeError("Claiming jobs needs UPDATE ... RETURNING (SQLite 3.35+ or PostgreSQL)")
-    return session.scalars(stmt.returning(Job).execution_options(populate_existing=True)).first()
+        raise RuntimeError("Claiming work needs UPDATE ... RETURNING (SQLite 3.35+ or PostgreSQL)")
+    returning = stmt.returning(table).execution_options(populate_existing=True)
+    return session.scalars(returning).first()
 
 
-def _lease_is_free(now: datetime) -> ColumnElement[bool]:
-    return or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
+def _lease_is_free(table: Leased, now: datetime) -> ColumnElement[bool]:
+    return or_(table.lease_expires_at.is_(None), table.lease_expires_at < now)
 
 
-def _is_claimable(now: datetime) -> ColumnElement[bool]:
+def _is_claimable(table: Leased, active: Collection[Any], now: datetime) -> ColumnElement[bool]:
     return and_(
-        Job.status.in_(ACTIVE_STATUSES),
-        or_(Job.run_after.is_(None), Job.run_after <= now),
-        _lease_is_free(now),
+        table.status.in_(active),
+        or_(table.run_after.is_(None), table.run_after <= now),
+        _lease_is_free(table, now),
     )
 
 
@@ -56,23 +63,34 @@ def _lease_values(worker_id: str, lease_seconds: float, now: datetime) -> dict[s
     }
 
 
-def claim_next_job(session: Session, worker_id: str, lease_seconds: float) -> Job | None:
-    """Take the lease of the longest-due claimable job, or return None when nothing is due."""
+def claim_next(
+    session: Session, table: Leased, active: Collection[Any], worker_id: str, lease_seconds: float
+) -> Any:
+    """Take the lease of the longest-due claimable row, or return None when nothing is due."""
     now = utcnow()
     next_id = (
-        select(Job.id)
-        .where(_is_claimable(now))
-        .order_by(Job.run_after.asc().nulls_first(), Job.created_at)
+        select(table.id)
+        .where(_is_claimable(table, active, now))
+        .order_by(table.run_after.asc().nulls_first(), table.created_at)
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
     return _claim(
         session,
-        update(Job)
-        .where(Job.id == next_id, _lease_is_free(now))
+        table,
+        update(table)
+        .where(table.id == next_id, _lease_is_free(table, now))
         .values(**_lease_values(worker_id, lease_seconds, now)),
     )
+
+
+def claim_next_job(session: Session, worker_id: str, lease_seconds: float) -> Job | None:
+    return claim_next(session, Job, ACTIVE_STATUSES, worker_id, lease_seconds)
+
+
+def claim_next_eval_run(session: Session, worker_id: str, lease_seconds: float) -> EvalRun | None:
+    return claim_next(session, EvalRun, ACTIVE_EVAL_STATUSES, worker_id, lease_seconds)
 
 
 def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> Job | None:
@@ -80,26 +98,38 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: floa
     now = utcnow()
     return _claim(
         session,
+        Job,
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES), _lease_is_free(now))
+        .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES), _lease_is_free(Job, now))
         .values(**_lease_values(worker_id, lease_seconds, now)),
     )
 
 
-def heartbeat(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> bool:
-    """Extend our lease; False when it is gone (taken over, or the job reached a terminal state)."""
+def extend_lease(
+    session: Session,
+    table: Leased,
+    active: Collection[Any],
+    row_id: str,
+    worker_id: str,
+    lease_seconds: float,
+) -> bool:
+    """Extend our lease; False when it is gone (taken over, or the work reached its end)."""
     now = utcnow()
     result = session.execute(
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.lease_owner == worker_id,
-            Job.status.in_(ACTIVE_STATUSES),
-        )
+        update(table)
+        .where(table.id == row_id, table.lease_owner == worker_id, table.status.in_(active))
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def heartbeat(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> bool:
+    return extend_lease(session, Job, ACTIVE_STATUSES, job_id, worker_id, lease_seconds)
+
+
+def eval_heartbeat(session: Session, run_id: str, worker_id: str, lease_seconds: float) -> bool:
+    return extend_lease(session, EvalRun, ACTIVE_EVAL_STATUSES, run_id, worker_id, lease_seconds)
 
 
 def release(session: Session, job_id: str, worker_id: str, run_after: datetime) -> bool:

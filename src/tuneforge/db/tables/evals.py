@@ -21,6 +21,9 @@ class EvalStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+ACTIVE_EVAL_STATUSES = frozenset({EvalStatus.QUEUED, EvalStatus.RUNNING})
+
+
 class EvalRun(IdMixin, Base):
     """A queue entry like a job: a worker claims it with a lease and heartbeats."""
 

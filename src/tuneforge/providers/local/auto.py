@@ -2,8 +2,9 @@
 
 OpenAI's batch size of ~0.2% of the examples gives batch 1 below 750 examples: packing then
 has nothing to pack and every token pays a whole optimizer step. Locally, "auto" aims at a
-token budget per optimizer step instead (``STEP_TOKENS``, one packed forward pass on the
-default micro-batch), scales the learning rate with the square root of the batch (the
+token budget per optimizer step instead (``STEP_TOKENS``, at most one micro-batch: the
+step's examples pack into one forward pass, none spilling into a nearly empty second),
+scales the learning rate with the square root of the batch (the
 gradient's noise falls with it), and sets the epochs so a run makes enough optimizer steps
 to learn from a small dataset while a large one is still seen a bounded number of times.
 Early stopping ends a run once held-out loss stops improving, so the epochs are an upper
@@ -35,7 +36,8 @@ def resolve_local(hp: LocalHyperparameters, figures: DatasetFigures) -> Resolved
     examples = max(1, figures.train_examples)
     batch_size = hp.batch_size
     if not isinstance(batch_size, int):
-        by_tokens = round(STEP_TOKENS / max(1.0, figures.mean_example_tokens))
+        budget = min(STEP_TOKENS, hp.micro_batch_tokens)
+        by_tokens = math.floor(budget / max(1.0, figures.mean_example_tokens))
         batch_size = max(1, min(by_tokens, MAX_AUTO_BATCH, examples))
     multiplier = hp.learning_rate_multiplier
     if not isinstance(multiplier, float):
