@@ -17,8 +17,8 @@ from tuneforge.providers.local.data import EncodedDataset
 from tuneforge.providers.local.jobdir import JobPaths, ProgressLog, read_spec, update_status
 
 if TYPE_CHECKING:
+    from tuneforge.providers.local.plan import Plan
     from tuneforge.providers.local.stopping import EarlyStopping
-    from tuneforge.providers.local.trainer import Plan
 
 _SPEED_SMOOTHING = 0.3
 

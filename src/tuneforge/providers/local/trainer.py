@@ -36,8 +36,6 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from tuneforge.providers.contract import DatasetFigures
-from tuneforge.providers.local.auto import resolve_local
 from tuneforge.providers.local.checkpoints import (
     latest_checkpoint,
     load_adapter_weights,
@@ -55,85 +53,15 @@ from tuneforge.providers.local.data import (
 )
 from tuneforge.providers.local.jobdir import JobPaths, LocalHyperparameters, read_spec
 from tuneforge.providers.local.modeling import AssistantTokenLoss, use_segment_attention
+from tuneforge.providers.local.plan import Plan, resolve_plan, step_indices
 from tuneforge.providers.local.reporting import Reporter
 from tuneforge.providers.local.runtime import Runtime, cpu_has_native_bf16, start_runtime
-from tuneforge.providers.local.stopping import EarlyStopping, holdout_indices, resolve_patience
+from tuneforge.providers.local.stopping import EarlyStopping, holdout_indices
 
-BASE_LEARNING_RATE = 2e-4  # LoRA's usual rate; the job's multiplier scales it
 MAX_GRAD_NORM = 1.0
 MAX_SKIPPED_STEPS = 3  # consecutive non-finite steps before a run counts as diverged
-AUTO_INTERVALS = 10  # at least this many evaluations and checkpoints per run on auto
-EVAL_EVERY_TOKENS = 4096  # on auto, a held-out evaluation about every this many tokens
 
 StopCheck = Callable[[], bool]
-
-
-@dataclass(frozen=True)
-class Plan:
-    n_epochs: int
-    batch_size: int
-    learning_rate: float
-    steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
-    eval_every: int
-    checkpoint_every: int
-    max_seq_length: int
-    holdout_examples: int
-    early_stopping_patience: int
-    early_stopping_min_delta: float | None  # None: auto
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def resolve_plan(
-    hp: LocalHyperparameters,
-    n_examples: int,
-    max_seq_length: int,
-    world_size: int,
-    *,
-    mean_example_tokens: float,
-    holdout_examples: int,
-    has_valid: bool,
-) -> Plan:
-    """Concrete numbers for "auto" and the schedule; a batch always feeds every process.
-
-    Evaluations on auto follow the tokens trained, not the run's length, so a long run at a
-    small batch is judged early and often enough for early stopping to bite."""
-    resolved = resolve_local(hp, DatasetFigures(n_examples, mean_example_tokens))
-    batch_size = min(max(resolved.batch_size, world_size), n_examples)
-    if batch_size < world_size:
-        raise ValueError(f"{n_examples} examples cannot feed {world_size} processes")
-    steps_per_epoch = math.ceil(n_examples / batch_size)
-    total = steps_per_epoch * resolved.n_epochs
-    interval = max(1, math.ceil(total / AUTO_INTERVALS))
-    step_tokens = max(1.0, batch_size * mean_example_tokens)
-    eval_interval = min(interval, max(1, round(EVAL_EVERY_TOKENS / step_tokens)))
-    return Plan(
-        n_epochs=resolved.n_epochs,
-        batch_size=batch_size,
-        learning_rate=BASE_LEARNING_RATE * resolved.learning_rate_multiplier,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total,
-        warmup_steps=math.ceil(hp.warmup_ratio * total),
-        eval_every=hp.eval_every_steps or eval_interval,
-        checkpoint_every=hp.checkpoint_every_steps or interval,
-        max_seq_length=max_seq_length,
-        holdout_examples=holdout_examples,
-        early_stopping_patience=resolve_patience(hp.early_stopping_patience, has_valid),
-        early_stopping_min_delta=(
-            hp.early_stopping_min_delta if isinstance(hp.early_stopping_min_delta, float) else None
-        ),
-    )
-
-
-def step_indices(plan: Plan, n_examples: int, seed: int, step: int) -> list[int]:
-    """The examples of 0-based ``step``: a slice of its epoch's seeded shuffle."""
-    epoch, position = divmod(step, plan.steps_per_epoch)
-    order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + epoch))
-    start = position * plan.batch_size
-    return order[start : start + plan.batch_size].tolist()
 
 
 def shard_for_rank(lengths: list[int], indices: list[int], world_size: int, rank: int) -> list[int]:
