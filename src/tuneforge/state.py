@@ -71,10 +71,6 @@ def app_state(request: Request) -> AppState:
     return state
 
 
-async def get_app_state(request: Request) -> AppState:
-    return app_state(request)
-
-
 async def get_app_settings(request: Request) -> Settings:
     return app_state(request).settings
 
@@ -84,6 +80,5 @@ async def get_session_factory(request: Request) -> sessionmaker[Session]:
     return app_state(request).session_factory
 
 
-AppStateDep = Annotated[AppState, Depends(get_app_state)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]

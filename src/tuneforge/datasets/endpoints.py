@@ -35,7 +35,7 @@ from tuneforge.errors import (
     UnsupportedMediaType,
     error_responses,
 )
-from tuneforge.state import AppStateDep, SettingsDep
+from tuneforge.state import SettingsDep, app_state
 
 router = APIRouter(prefix="/fine-tuning/datasets", tags=["datasets"])
 
@@ -57,10 +57,9 @@ Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
     responses=error_responses(Unauthorized, InvalidInput, PayloadTooLarge, UnsupportedMediaType),
     openapi_extra=DatasetUploadForm.openapi_body(),
 )
-async def upload_dataset(
-    request: Request, principal: BriefPrincipalDep, state: AppStateDep
-) -> DatasetOut:
+async def upload_dataset(request: Request, principal: BriefPrincipalDep) -> DatasetOut:
     """The body streams in before a session is taken: a slow upload holds no session slot."""
+    state = app_state(request)
     settings = state.settings
     limit = settings.upload_limit_bytes
     storage.check_content_length(request.headers.get("content-length"), limit)

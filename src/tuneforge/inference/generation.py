@@ -215,27 +215,25 @@ def generate_greedy_batch(
     the longest is done, so a batch costs its longest reply.
     """
     prompts = [
-        tokenizer.apply_chat_template(
-            [dict(message) for message in messages], add_generation_prompt=True, tokenize=False
+        list(
+            tokenizer.apply_chat_template(
+                [dict(message) for message in messages],
+                add_generation_prompt=True,
+                return_dict=True,
+            )["input_ids"]
         )
         for messages in conversations
     ]
     eos_ids = _end_token_ids(model, tokenizer)
-    pad_id = _pad_token_id(model, tokenizer, eos_ids)
-    padding_side = tokenizer.padding_side
-    pad_token = tokenizer.pad_token
-    tokenizer.padding_side = "left"
-    if pad_token is None and pad_id is not None:
-        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
-    try:
-        inputs = tokenizer(prompts, padding=True, add_special_tokens=False, return_tensors="pt").to(
-            model.device
-        )
-    finally:
-        tokenizer.padding_side = padding_side
-        tokenizer.pad_token = pad_token
-    width = int(inputs["input_ids"].shape[1])
-    lengths = inputs["attention_mask"].sum(dim=1).tolist()
+    pad_id = _pad_token_id(model, tokenizer, eos_ids) or 0
+    lengths = [len(ids) for ids in prompts]
+    width = max(lengths)
+    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in prompts])
+    attention_mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths])
+    inputs = {
+        "input_ids": input_ids.to(model.device),
+        "attention_mask": attention_mask.to(model.device),
+    }
     room = _room_for_reply(model, width, max_tokens)
     with torch.inference_mode():
         output = model.generate(

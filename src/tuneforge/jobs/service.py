@@ -129,8 +129,9 @@ def _require_validation_dataset(
 
 def dataset_figures(dataset: FineTuningDataset) -> DatasetFigures:
     """What "auto" is resolved from, as the dataset's validation counted it."""
-    mean = dataset.total_tokens / dataset.valid_examples if dataset.valid_examples else 0.0
-    return DatasetFigures(train_examples=dataset.train_examples, mean_example_tokens=mean)
+    return DatasetFigures.counted(
+        dataset.train_examples, dataset.total_tokens, dataset.valid_examples
+    )
 
 
 def preview_hyperparameters(
@@ -252,8 +253,8 @@ class TrainingVerdict:
 VERDICT_EVENTS = ("holdout", "early_stopped", "overfitting", "finished")
 
 
-def training_verdict(session: Session, organization_id: str, job_id: str) -> TrainingVerdict:
-    job = get_job(session, organization_id, job_id)
+def training_verdict(session: Session, job: FineTuningJob) -> TrainingVerdict:
+    """From the events of ``job``, already read through the organization's scope."""
     found: dict[str, Any] = {}
     for event in repository.events_of_types(session, job.id, VERDICT_EVENTS):
         data = event.data or {}
@@ -323,10 +324,10 @@ def estimate_job(
     trainer = get_provider(model.provider, settings)
     requested = request.hyperparameters.model_dump()
     trainer.check_hyperparameters(requested)
-    mean = report.total_tokens / report.valid_examples if report.valid_examples else 0.0
-    resolved = trainer.resolve_hyperparameters(
-        requested, DatasetFigures(report.train_examples, mean)
+    figures = DatasetFigures.counted(
+        report.train_examples, report.total_tokens, report.valid_examples
     )
+    resolved = trainer.resolve_hyperparameters(requested, figures)
     n_epochs = resolved.n_epochs
     billed_tokens = report.billed_tokens_per_epoch * n_epochs
     price = training_price_per_million(model.name, settings)

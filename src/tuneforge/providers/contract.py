@@ -147,6 +147,12 @@ class DatasetFigures:
     train_examples: int
     mean_example_tokens: float
 
+    @classmethod
+    def counted(cls, train_examples: int, total_tokens: int, valid_examples: int) -> DatasetFigures:
+        """From a validation's counts: tokens over every valid example, however split."""
+        mean = total_tokens / valid_examples if valid_examples else 0.0
+        return cls(train_examples=train_examples, mean_example_tokens=mean)
+
 
 @dataclass(frozen=True)
 class Readiness:
@@ -294,13 +300,6 @@ def shared_hyperparameters(stored: dict[str, Any]) -> Hyperparameters:
     )
 
 
-def resolve_epochs(requested: int | str, train_examples: int) -> int:
-    """The epoch count training uses: as requested, else the report's heuristic."""
-    if isinstance(requested, int):
-        return requested
-    return default_epochs(train_examples) or TARGET_EPOCHS
-
-
 def resolve_by_openai_rules(
     requested: Hyperparameters, train_examples: int
 ) -> ResolvedHyperparameters:
@@ -311,8 +310,11 @@ def resolve_by_openai_rules(
     multiplier = requested.learning_rate_multiplier
     if not isinstance(multiplier, float):
         multiplier = AUTO_LEARNING_RATE_MULTIPLIER
+    n_epochs = requested.n_epochs
+    if not isinstance(n_epochs, int):
+        n_epochs = default_epochs(train_examples) or TARGET_EPOCHS
     return ResolvedHyperparameters(
-        n_epochs=resolve_epochs(requested.n_epochs, train_examples),
+        n_epochs=n_epochs,
         batch_size=batch_size,
         learning_rate_multiplier=multiplier,
     )

@@ -32,7 +32,6 @@ STATUS_TONES = {
     "archived": "muted",
     "cancelling": "warn",
     "cancelled": "warn",
-    "warning": "warn",
     "invalid": "bad",
     "failed": "bad",
 }

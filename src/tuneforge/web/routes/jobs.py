@@ -122,7 +122,7 @@ def job_detail(
         "more_events": more_events,
         "series": _chart_series(points),
         "checkpoints": jobs_service.list_checkpoints(session, org, job.id),
-        "verdict": jobs_service.training_verdict(session, org, job.id),
+        "verdict": jobs_service.training_verdict(session, job),
         "cursor": cursor,
         "active": job.status in ACTIVE_STATUSES,
     }

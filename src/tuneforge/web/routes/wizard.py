@@ -103,7 +103,7 @@ def _step_two(
     status_code: int = 200,
 ) -> Response:
     requested, _ = _hyperparameters(values)
-    auto = _preview(settings, dataset, values, requested or Hyperparameters())
+    auto = _auto_hints(settings, dataset, values, requested or Hyperparameters())
     context = {
         "step": 2,
         "dataset": dataset,
@@ -150,14 +150,14 @@ def wizard(
     return _step_two(request, principal, settings, dataset, values, {})
 
 
-def _preview(
+def _auto_hints(
     settings: Settings,
     dataset: FineTuningDataset,
     values: dict[str, str],
     requested: Hyperparameters,
 ) -> ResolvedHyperparameters:
-    """What "auto" becomes for the chosen model's provider (the built-in local model's until
-    a model is chosen)."""
+    """What "auto" becomes for the chosen model's provider; until a valid model is chosen,
+    for the built-in local model's."""
     try:
         return jobs_service.preview_hyperparameters(
             settings,
@@ -190,6 +190,14 @@ def review(
         base_model = find_base_model(job_request.model, settings)
     except InvalidInput as exc:
         return _step_two(request, principal, settings, dataset, values, {"model": exc.detail}, 422)
+    provider = job_request.provider or base_model.provider
+    try:
+        resolved = jobs_service.preview_hyperparameters(
+            settings, dataset, job_request.model, provider, job_request.hyperparameters.model_dump()
+        )
+    except InvalidInput as exc:
+        errors = {"provider": exc.detail}
+        return _step_two(request, principal, settings, dataset, values, errors, 422)
     estimate, estimate_problem = None, None
     try:
         estimate = jobs_service.estimate_job(
@@ -212,8 +220,8 @@ def review(
         "values": values,
         "estimate": estimate,
         "estimate_problem": estimate_problem,
-        "provider": job_request.provider or base_model.provider,
-        "resolved": _preview(settings, dataset, values, job_request.hyperparameters),
+        "provider": provider,
+        "resolved": resolved,
         "back_url": wizard_url(values),
     }
     return render(request, "jobs/wizard.html", context, principal=principal, section="jobs")
