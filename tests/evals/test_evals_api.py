@@ -76,6 +76,38 @@ def test_an_evaluation_compares_a_fine_tune_with_its_base_example_by_example(
     assert [item["id"] for item in listed["items"]] == [run["id"]]
 
 
+def test_wins_losses_and_regressions_follow_the_graded_replies(
+    client: TestClient,
+    app: FastAPI,
+    settings: Settings,
+    account: Account,
+    dataset_id: str,
+    fine_tuned: FineTunedModel,
+) -> None:
+    """The tiny fine-tune's random adapter makes it say "fox" where its base does not: with
+    the fine-tune as the baseline, the base model loses on those examples."""
+    models = [{"reference": fine_tuned.id, "label": "tuned"}, {"reference": TINY_BASE_MODEL}]
+    graders = [{"type": "contains", "text": "fox"}]
+    body = {"dataset_id": dataset_id, "models": models, "graders": graders, "max_tokens": 12}
+    run = create(client, account, **body).json()
+    run_worker(app, settings)
+
+    tuned, base = client.get(f"/evals/{run['id']}", headers=account.headers).json()["summary"]
+    assert (tuned["model"], tuned["losses"]) == ("tuned", 0)
+    rows = client.get(f"/evals/{run['id']}/results?limit=100", headers=account.headers).json()
+    scores = [(row["replies"][0]["score"], row["replies"][1]["score"]) for row in rows["items"]]
+    assert base["losses"] == sum(b < t for t, b in scores) > 0
+    assert base["wins"] == sum(b > t for t, b in scores)
+    assert base["pass_rate"] == sum(b == 1.0 for _, b in scores) / len(scores)
+    regressions = client.get(
+        f"/evals/{run['id']}/results?regressions_only=true&limit=100", headers=account.headers
+    ).json()
+    assert regressions["total"] == base["losses"]
+    assert all(
+        item["replies"][1]["score"] < item["replies"][0]["score"] for item in regressions["items"]
+    )
+
+
 def test_a_queued_evaluation_cancels_at_once_and_only_once(
     client: TestClient, account: Account, dataset_id: str
 ) -> None:

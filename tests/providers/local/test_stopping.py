@@ -163,6 +163,7 @@ def test_the_model_is_made_from_the_best_step_and_overfitting_is_reported(
     assert events_of(paths, "overfitting"), [m["metrics"] for m in metrics]
     final = load_file(paths.adapter / "adapter_model.safetensors")
     best = load_file(paths.best_adapter / "adapter_model.safetensors")
+    assert best and final.keys() == best.keys()
     for name, tensor in best.items():
         torch.testing.assert_close(final[name], tensor)
     config = json.loads((paths.adapter / "adapter_config.json").read_text())
