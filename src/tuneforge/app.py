@@ -29,8 +29,8 @@ from tuneforge.inference.calls import InferenceRuntime
 from tuneforge.inference.endpoints import agent_chat_router, openai_router
 from tuneforge.inference.engine import InferenceEngine
 from tuneforge.jobs.endpoints import router as jobs_router
+from tuneforge.models.endpoints import checkpoint_router, stats_router
 from tuneforge.models.endpoints import router as models_router
-from tuneforge.models.endpoints import stats_router
 from tuneforge.providers.endpoints import router as base_models_router
 from tuneforge.state import AppState
 from tuneforge.web.errors import install_dashboard_error_pages
@@ -140,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sync_router)
     app.include_router(base_models_router)
     app.include_router(models_router)
+    app.include_router(checkpoint_router)
     app.include_router(stats_router)
     app.include_router(web_router)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")

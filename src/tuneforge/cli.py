@@ -6,12 +6,14 @@ import typer
 
 from tuneforge.config import get_settings
 from tuneforge.datasets.cli import datasets_app
+from tuneforge.evals.cli import evals_app
 from tuneforge.jobs.cli import jobs_app
 from tuneforge.store.cli import models_app
 
 app = typer.Typer(help="TuneForge: self-hostable fine-tuning platform.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(evals_app, name="evals")
 app.add_typer(models_app, name="models")
 
 

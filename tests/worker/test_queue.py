@@ -300,6 +300,7 @@ class InWorkerTrainer:
 
     name = "in-worker"
     runs_in_worker = True
+    serves_models_here = False
 
     def __init__(self, polls: int, on_poll: Callable[[int], None]) -> None:
         self.polls = polls

@@ -40,9 +40,18 @@ def create_eval(
     responses=error_responses(Unauthorized, InvalidInput),
 )
 def list_evals(
-    principal: PrincipalDep, session: SessionDep, limit: Limit = 20, offset: Offset = 0
+    principal: PrincipalDep,
+    session: SessionDep,
+    job_id: Annotated[
+        str | None,
+        Query(max_length=32, description="Only the before/after evaluations of this job."),
+    ] = None,
+    limit: Limit = 20,
+    offset: Offset = 0,
 ) -> EvalPage:
-    runs, total = service.list_runs(session, principal.organization_id, limit=limit, offset=offset)
+    runs, total = service.list_runs(
+        session, principal.organization_id, limit=limit, offset=offset, job_id=job_id
+    )
     return EvalPage(items=[EvalOut.from_row(run) for run in runs], total=total)
 
 

@@ -102,7 +102,9 @@ def _start(
     if run.status == EvalStatus.QUEUED:
         run.status = EvalStatus.RUNNING
         run.started_at = utcnow()
-    examples = repository.examples_for(session, run.dataset_id, run.split, run.max_examples)
+    examples = repository.examples_for(
+        session, run.dataset_id, run.split, run.max_examples, run.example_lines
+    )
     items = []
     for position, example in enumerate(examples):
         messages, expected = prompt_and_expected(example)

@@ -15,24 +15,45 @@ from tuneforge.db.tables.evals import EvalResult, EvalRun, EvalStatus
 
 
 def list_runs(
-    session: Session, organization_id: str, *, limit: int, offset: int
+    session: Session, organization_id: str, *, limit: int, offset: int, job_id: str | None = None
 ) -> tuple[list[EvalRun], int]:
     stmt = org_scoped(EvalRun, organization_id)
+    if job_id is not None:
+        stmt = stmt.where(EvalRun.job_id == job_id)
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
     page = stmt.order_by(EvalRun.created_at.desc(), EvalRun.id.desc()).limit(limit).offset(offset)
     return list(session.scalars(page)), total
 
 
 def examples_for(
-    session: Session, dataset_id: str, split: str, limit: int
+    session: Session, dataset_id: str, split: str, limit: int, lines: list[int] | None = None
 ) -> list[TrainingExample]:
-    """A dataset's valid examples of the split (or all), in file order."""
+    """A dataset's valid examples of the split (or all), in file order; only those on
+    ``lines`` when given."""
     stmt = select(TrainingExample).where(
         TrainingExample.dataset_id == dataset_id, TrainingExample.is_valid.is_(True)
     )
     if split != "all":
         stmt = stmt.where(TrainingExample.split == ExampleSplit(split))
+    if lines is not None:
+        stmt = stmt.where(TrainingExample.line_number.in_(lines))
     return list(session.scalars(stmt.order_by(TrainingExample.line_number).limit(limit)))
+
+
+def training_file_lines(session: Session, dataset_id: str) -> list[int]:
+    """The line numbers of a dataset's training file as a job exports it: valid train-split
+    examples in (line number, id) order, so a position in that file maps to a line here."""
+    ex = TrainingExample
+    stmt = (
+        select(ex.line_number)
+        .where(
+            ex.dataset_id == dataset_id,
+            ex.is_valid.is_(True),
+            ex.split == ExampleSplit.TRAIN,
+        )
+        .order_by(ex.line_number, ex.id)
+    )
+    return list(session.scalars(stmt))
 
 
 def list_results(

@@ -26,6 +26,11 @@ class EvalModel(BaseModel):
     label: str | None = Field(default=None, max_length=100, description="Shown in results.")
 
 
+class ContestantOut(BaseModel):
+    reference: str = Field(description="The model's id, or the base model's name.")
+    label: str
+
+
 class EvalCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -65,7 +70,10 @@ class EvalOut(BaseModel):
     status: EvalStatus
     dataset_id: str
     split: str
-    models: list[EvalModel]
+    job_id: str | None = Field(
+        description="The job whose before/after this is, when a finished job queued it."
+    )
+    models: list[ContestantOut]
     graders: list[Grader]
     max_examples: int
     max_tokens: int
@@ -85,7 +93,8 @@ class EvalOut(BaseModel):
             status=run.status,
             dataset_id=run.dataset_id,
             split=run.split,
-            models=[EvalModel.model_validate(m) for m in run.models],
+            job_id=run.job_id,
+            models=[ContestantOut.model_validate(m) for m in run.models],
             graders=run.graders,  # type: ignore[arg-type]
             max_examples=run.max_examples,
             max_tokens=run.max_tokens,

@@ -1,9 +1,9 @@
 """Recording what a provider reports about a running job: events, metrics, checkpoints, progress.
 
 Pollers see the same events and checkpoints many times, so events are deduplicated on
-their provider id and checkpoints are upserted by step; metric points are appended only
-for events seen for the first time. Every job field goes through ``update_job``, which locks the
-row the same way as a status change does.
+their provider id and checkpoints mirror the provider's kept ones by step; metric points
+are appended only for events seen for the first time. Every job field goes through
+``update_job``, which locks the row the same way as a status change does.
 """
 
 from __future__ import annotations
@@ -93,24 +93,21 @@ def record_metrics(session: Session, job_id: str, metrics: Sequence[ProviderMetr
 def record_checkpoints(
     session: Session, job_id: str, checkpoints: Sequence[ProviderCheckpoint]
 ) -> None:
-    """Insert new checkpoints and refresh known ones; one row per step."""
-    if not checkpoints:
-        return
+    """Mirror the checkpoints the provider keeps: one row per step, new ones inserted, known
+    ones refreshed, and ones it pruned removed (a model can only be made from a kept one)."""
     existing = {
         row.step: row
-        for row in session.scalars(
-            select(JobCheckpoint).where(
-                JobCheckpoint.job_id == job_id,
-                JobCheckpoint.step.in_([c.step for c in checkpoints]),
-            )
-        )
+        for row in session.scalars(select(JobCheckpoint).where(JobCheckpoint.job_id == job_id))
     }
+    listed = {checkpoint.step for checkpoint in checkpoints}
+    for step, row in existing.items():
+        if step not in listed:
+            session.delete(row)
     for checkpoint in checkpoints:
         row = existing.get(checkpoint.step)
         if row is None:
             row = JobCheckpoint(job_id=job_id, step=checkpoint.step)
             session.add(row)
-            existing[checkpoint.step] = row
         row.provider_checkpoint_id = checkpoint.provider_checkpoint_id
         row.model_reference = checkpoint.model_reference
         row.metrics = dict(checkpoint.metrics)

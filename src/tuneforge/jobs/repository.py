@@ -95,7 +95,8 @@ def _view_of(stmt: Select[Any]) -> Select[Any]:
         .outerjoin(
             FineTunedModel,
             (FineTunedModel.job_id == FineTuningJob.id)
-            & (FineTunedModel.organization_id == FineTuningJob.organization_id),
+            & (FineTunedModel.organization_id == FineTuningJob.organization_id)
+            & FineTunedModel.checkpoint_step.is_(None),
         )
     )
 
@@ -182,7 +183,10 @@ _DATASETS_BY_ID = (
 )
 _MODEL_IDS_BY_JOB = (
     org_scoped(FineTunedModel, bindparam("organization_id"), include_deleted=True)
-    .where(FineTunedModel.job_id.in_(bindparam("ids", expanding=True)))
+    .where(
+        FineTunedModel.job_id.in_(bindparam("ids", expanding=True)),
+        FineTunedModel.checkpoint_step.is_(None),
+    )
     .with_only_columns(FineTunedModel.job_id, FineTunedModel.id)
 )
 
@@ -260,6 +264,12 @@ def metrics_after(session: Session, job_id: str, after_id: int, *, limit: int) -
         .limit(limit)
     )
     return list(session.scalars(stmt))
+
+
+def get_checkpoint(session: Session, job_id: str, step: int) -> JobCheckpoint | None:
+    return session.scalars(
+        select(JobCheckpoint).where(JobCheckpoint.job_id == job_id, JobCheckpoint.step == step)
+    ).first()
 
 
 def list_checkpoints(session: Session, job_id: str) -> list[JobCheckpoint]:

@@ -243,6 +243,7 @@ class TrainingVerdict:
     """How a run was judged, from what its trainer reported (the job page's summary)."""
 
     held_out: int | None = None
+    held_out_positions: tuple[int, ...] = ()  # lines of the training file (0-based)
     stopped_early_at: int | None = None
     planned_steps: int | None = None
     best_step: int | None = None
@@ -260,6 +261,7 @@ def training_verdict(session: Session, job: FineTuningJob) -> TrainingVerdict:
         data = event.data or {}
         if event.event_type == "holdout":
             found["held_out"] = data.get("held_out")
+            found["held_out_positions"] = tuple(data.get("positions") or ())
         elif event.event_type == "early_stopped":
             found["stopped_early_at"] = data.get("step")
             found["planned_steps"] = data.get("planned_steps")
@@ -297,6 +299,13 @@ def list_metrics(
 def list_checkpoints(session: Session, organization_id: str, job_id: str) -> list[JobCheckpoint]:
     job = get_job(session, organization_id, job_id)
     return repository.list_checkpoints(session, job.id)
+
+
+def kept_checkpoint(session: Session, job: FineTuningJob, step: int) -> JobCheckpoint:
+    checkpoint = repository.get_checkpoint(session, job.id, step)
+    if checkpoint is None or not checkpoint.model_reference:
+        raise NotFound(f"Job {job.id} kept no checkpoint at step {step}", field="step")
+    return checkpoint
 
 
 def estimate_job(

@@ -3,7 +3,8 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query, Response
+from fastapi import status as http_status
 
 from tuneforge.auth.deps import PrincipalDep
 from tuneforge.db.session import SessionDep
@@ -27,6 +28,7 @@ from tuneforge.state import SettingsDep
 
 router = APIRouter(prefix="/fine-tuning/models", tags=["models"])
 stats_router = APIRouter(prefix="/fine-tuning", tags=["stats"])
+checkpoint_router = APIRouter(prefix="/fine-tuning/jobs", tags=["models"])
 
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
@@ -187,3 +189,26 @@ def model_usage(
 )
 def stats(principal: PrincipalDep, session: SessionDep) -> FineTuningStats:
     return fine_tuning_stats(session, principal.organization_id)
+
+
+@checkpoint_router.post(
+    "/{job_id}/checkpoints/{step}/model",
+    summary="Make a model from one of a finished job's kept checkpoints (201; 200 if made)",
+    status_code=http_status.HTTP_201_CREATED,
+    response_model=ModelOut,
+    responses=error_responses(Unauthorized, NotFound, Conflict),
+)
+def create_checkpoint_model(
+    job_id: str,
+    step: Annotated[int, Path(ge=0, le=10_000_000)],
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+) -> ModelOut:
+    model, created = service.create_model_from_checkpoint(
+        session, settings, principal.organization_id, job_id, step
+    )
+    if not created:
+        response.status_code = http_status.HTTP_200_OK
+    return _out(service.get_model(session, principal.organization_id, model.id))

@@ -54,25 +54,45 @@ def get_model(
 
 
 def find_model_for_job(
-    session: Session, organization_id: str, job_id: str
+    session: Session, organization_id: str, job_id: str, checkpoint_step: int | None = None
 ) -> FineTunedModel | None:
-    """The job's model even when soft-deleted: ``job_id`` stays unique across deletes."""
+    """The job's model (or its model of one checkpoint) even when soft-deleted: a job keeps
+    one model per step across deletes."""
+    step = FineTunedModel.checkpoint_step
     stmt = org_scoped(FineTunedModel, organization_id, include_deleted=True).where(
-        FineTunedModel.job_id == job_id
+        FineTunedModel.job_id == job_id,
+        step.is_(None) if checkpoint_step is None else step == checkpoint_step,
     )
     return session.scalars(stmt).first()
 
 
+def checkpoint_models(session: Session, organization_id: str, job_id: str) -> dict[int, str]:
+    stmt = (
+        org_scoped(FineTunedModel, organization_id)
+        .where(FineTunedModel.job_id == job_id, FineTunedModel.checkpoint_step.is_not(None))
+        .with_only_columns(FineTunedModel.checkpoint_step, FineTunedModel.id)
+    )
+    return {step: model_id for step, model_id in session.execute(stmt)}
+
+
 def insert_model_unless_job_has_one(session: Session, values: dict[str, Any]) -> None:
-    """INSERT ... ON CONFLICT (job_id) DO NOTHING, so concurrent workers create one row.
+    """INSERT ... ON CONFLICT DO NOTHING on the job's final model or its checkpoint's, so
+    concurrent requests create one row.
 
     Preferred over SAVEPOINT + IntegrityError: pysqlite's legacy transaction handling lets
     a SAVEPOINT opened before the transaction's first write commit on release.
     """
     dialect = session.get_bind().dialect.name
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-    stmt = insert(FineTunedModel).values(values).on_conflict_do_nothing(index_elements=["job_id"])
-    session.execute(stmt)
+    if values.get("checkpoint_step") is None:
+        stmt = insert(FineTunedModel).on_conflict_do_nothing(
+            index_elements=["job_id"], index_where=FineTunedModel.checkpoint_step.is_(None)
+        )
+    else:
+        stmt = insert(FineTunedModel).on_conflict_do_nothing(
+            index_elements=["job_id", "checkpoint_step"]
+        )
+    session.execute(stmt.values(values))
 
 
 def _deployed(organization_id: str) -> ColumnElement[bool]:

@@ -28,6 +28,9 @@ class ModelOut(BaseModel):
     provider_model_id: str = Field(description="The name the provider serves the model under.")
     status: ModelStatus
     job_id: str
+    checkpoint_step: int | None = Field(
+        description="The checkpoint's step for a model made from one; null for the job's model."
+    )
     dataset_id: str | None
     metrics_summary: dict[str, Any] | None
     deployed_agents: list[AgentRef] = Field(

@@ -1,4 +1,5 @@
-"""Fine-tuned models: created once per succeeded job, deployed to agents, archived, deleted.
+"""Fine-tuned models: created once per succeeded job (and on request from any checkpoint a
+finished job kept), deployed to agents, archived, deleted.
 
 A model's ``name`` is a label, not a key: it is not unique. Agents and the API address a
 model by its id, and the default name (the provider's model id) is already distinct per
@@ -11,14 +12,18 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from tuneforge.config import Settings
 from tuneforge.db.base import utcnow
 from tuneforge.db.scoping import get_owned
 from tuneforge.db.tables.agents import Agent
 from tuneforge.db.tables.jobs import FineTuningJob, JobStatus
 from tuneforge.db.tables.models import FineTunedModel, ModelStatus
 from tuneforge.errors import Conflict
+from tuneforge.jobs import service as jobs
+from tuneforge.jobs.states import TERMINAL_STATUSES
 from tuneforge.models import repository
 from tuneforge.models.schemas import ModelUpdate
+from tuneforge.providers.registry import get_provider
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,56 @@ def create_model_from_job(session: Session, job: FineTuningJob) -> FineTunedMode
     if created is None:  # our insert, or the row that beat it, is always visible here
         raise RuntimeError(f"Model for job {job.id} is missing right after its insert")
     return created
+
+
+def create_model_from_checkpoint(
+    session: Session, settings: Settings, organization_id: str, job_id: str, step: int
+) -> tuple[FineTunedModel, bool]:
+    """A model served from one of a finished job's kept checkpoints, and whether it is new.
+
+    Asking twice returns the same model. Only finished jobs qualify: a running trainer
+    prunes its older checkpoints, which would leave the model without files.
+    """
+    job = jobs.get_job(session, organization_id, job_id)
+    if job.status not in TERMINAL_STATUSES:
+        raise Conflict(
+            f"Job {job.id} is {job.status.value}; models are made from checkpoints once it "
+            "has finished",
+            status=job.status.value,
+        )
+    checkpoint = jobs.kept_checkpoint(session, job, step)
+    existing = repository.find_model_for_job(session, organization_id, job.id, step)
+    if existing is not None:
+        return existing, False
+    provider = get_provider(job.provider, settings)
+    files = provider.servable_files(checkpoint.model_reference, job.base_model)
+    if files is not None and not (files.adapter_path and files.adapter_path.is_dir()):
+        raise Conflict(f"The files of job {job.id}'s checkpoint at step {step} are gone")
+    label = job.fine_tuned_model_name or job.id
+    repository.insert_model_unless_job_has_one(
+        session,
+        {
+            "organization_id": organization_id,
+            "job_id": job.id,
+            "checkpoint_step": step,
+            "dataset_id": job.dataset_id,
+            "name": f"{label}:ckpt-step-{step}",
+            "provider": job.provider,
+            "base_model": job.base_model,
+            "provider_model_id": checkpoint.model_reference,
+            "status": ModelStatus.ACTIVE,
+            "metrics_summary": {"metrics": dict(checkpoint.metrics or {})},
+        },
+    )
+    created = repository.find_model_for_job(session, organization_id, job.id, step)
+    if created is None:
+        raise RuntimeError(f"Model for job {job.id} step {step} is missing right after its insert")
+    return created, True
+
+
+def checkpoint_models(session: Session, organization_id: str, job_id: str) -> dict[int, str]:
+    """The models made from a job's checkpoints: step to model id."""
+    return repository.checkpoint_models(session, organization_id, job_id)
 
 
 def list_models(

@@ -21,6 +21,7 @@ templates = Jinja2Templates(directory=WEB_DIR / "templates")
 STATUS_TONES = {
     "valid": "ok",
     "succeeded": "ok",
+    "passed": "ok",
     "active": "ok",
     "deployed": "info",
     "running": "info",
@@ -34,6 +35,7 @@ STATUS_TONES = {
     "cancelled": "warn",
     "invalid": "bad",
     "failed": "bad",
+    "regression": "bad",
 }
 
 

@@ -25,7 +25,9 @@ from tuneforge.datasets.export import export_job_files
 from tuneforge.db.base import utcnow
 from tuneforge.db.engine import unit_of_work
 from tuneforge.db.tables.jobs import FineTuningJob, JobStatus
+from tuneforge.db.tables.models import FineTunedModel
 from tuneforge.errors import TuneForgeError
+from tuneforge.evals.service import queue_job_evaluation
 from tuneforge.jobs import repository
 from tuneforge.jobs.progress import (
     latest_provider_event_id,
@@ -324,7 +326,33 @@ class JobRunner:
                 event_type="model_created",
                 data={"model_id": model.id},
             )
+            if self.provider_for(job.provider).serves_models_here:
+                self._queue_before_after(session, job, model)
         return job
+
+    def _queue_before_after(
+        self, session: Session, job: FineTuningJob, model: FineTunedModel
+    ) -> None:
+        """Queue the fine-tune against its base on held-out data, or say why it cannot be."""
+        try:
+            run = queue_job_evaluation(session, self.settings, job, model)
+        except TuneForgeError as exc:
+            update_job(
+                session,
+                job.id,
+                message=f"No before/after evaluation: {exc.detail}",
+                event_type="evaluation_skipped",
+                level="warning",
+            )
+            return
+        update_job(
+            session,
+            job.id,
+            message=f"Queued evaluation {run.id}: the base model against the fine-tune on "
+            f"{run.examples_total} held-out examples",
+            event_type="evaluation_queued",
+            data={"eval_id": run.id},
+        )
 
     def _note_unknown_status(
         self, session: Session, job: FineTuningJob, raw_status: str

@@ -93,7 +93,12 @@ def test_a_job_without_validation_data_holds_out_a_slice_and_is_measured_from_st
     assert run_training(paths, lambda: False) == "succeeded"
 
     [holdout] = events_of(paths, "holdout")
-    assert holdout["data"] == {"held_out": 4, "examples": 40, "fraction": 0.1}
+    assert holdout["data"] == {
+        "held_out": 4,
+        "examples": 40,
+        "fraction": 0.1,
+        "positions": holdout_indices(40, 0.1, seed=7),  # the job's seed: the same lines
+    }
     steps = [m["step"] for m in metric_events(paths)]
     assert steps == list(range(0, 6))  # 36 examples at 8 a step, after step 0
     assert "valid_loss" in metric_events(paths)[0]["metrics"]

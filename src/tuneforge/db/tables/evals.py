@@ -45,6 +45,12 @@ class EvalRun(IdMixin, Base):
         ForeignKey("fine_tuning_datasets.id", ondelete="RESTRICT"), index=True
     )
     split: Mapped[str] = mapped_column(String(20))
+    # The dataset line numbers to run (a job's held-out slice); None runs the whole split.
+    example_lines: Mapped[list[int] | None] = mapped_column(JSONType, default=None)
+    # Set on the before/after evaluation a finished job queues for itself.
+    job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("fine_tuning_jobs.id", ondelete="SET NULL"), index=True, default=None
+    )
     max_examples: Mapped[int] = mapped_column(Integer)
     max_tokens: Mapped[int] = mapped_column(Integer)
     # [{"reference": model id, fine-tune name or base model, "label": shown name}]; the first

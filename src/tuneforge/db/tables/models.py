@@ -3,7 +3,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tuneforge.db.base import Base, IdMixin, JSONType, SoftDeleteMixin, str_enum
@@ -17,14 +17,25 @@ class ModelStatus(enum.StrEnum):
 
 class FineTunedModel(IdMixin, SoftDeleteMixin, Base):
     __tablename__ = "fine_tuned_models"
-    __table_args__ = (Index(None, "organization_id", "status"),)
+    __table_args__ = (
+        Index(None, "organization_id", "status"),
+        # A job has one final model and at most one model per kept checkpoint.
+        Index(
+            "uq_fine_tuned_models_job_final",
+            "job_id",
+            unique=True,
+            sqlite_where=text("checkpoint_step IS NULL"),
+            postgresql_where=text("checkpoint_step IS NULL"),
+        ),
+        Index(None, "job_id", "checkpoint_step", unique=True),
+    )
 
     organization_id: Mapped[str] = mapped_column(
         ForeignKey("organizations.id", ondelete="CASCADE"), index=True
     )
-    job_id: Mapped[str] = mapped_column(
-        ForeignKey("fine_tuning_jobs.id", ondelete="RESTRICT"), unique=True
-    )
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="RESTRICT"))
+    # None for the job's final model; the step for a model made from one of its checkpoints.
+    checkpoint_step: Mapped[int | None] = mapped_column(default=None)
     dataset_id: Mapped[str | None] = mapped_column(
         ForeignKey("fine_tuning_datasets.id", ondelete="SET NULL"), index=True, default=None
     )

@@ -124,14 +124,20 @@ class Reporter:
             "checkpoint", f"Saved checkpoint step-{step}", step=step, data={"path": str(path)}
         )
 
-    def holdout(self, held_out: int, examples: int, fraction: float) -> None:
-        """Say how the run will be judged when the job brought no validation data."""
-        if held_out:
+    def holdout(self, positions: list[int], examples: int, fraction: float) -> None:
+        """Say how the run will be judged when the job brought no validation data, and which
+        lines of the training file (0-based) were held out."""
+        if positions:
             self._emit(
                 "holdout",
-                f"Held out {held_out} of {examples} training examples to measure valid loss "
-                "(no validation data was given); set holdout_fraction to 0 to train on all",
-                data={"held_out": held_out, "examples": examples, "fraction": fraction},
+                f"Held out {len(positions)} of {examples} training examples to measure valid "
+                "loss (no validation data was given); set holdout_fraction to 0 to train on all",
+                data={
+                    "held_out": len(positions),
+                    "examples": examples,
+                    "fraction": fraction,
+                    "positions": positions,
+                },
             )
         elif fraction > 0:
             self._emit(

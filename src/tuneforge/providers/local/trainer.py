@@ -113,32 +113,33 @@ def build_run(paths: JobPaths, runtime: Runtime, reporter: Reporter) -> Training
     use_segment_attention(base)
     context_length = int(getattr(base.config, "max_position_embeddings", 0) or 2048)
     max_len = min(hp.max_seq_length or context_length, context_length)
-    train = encode_dataset(tokenizer, read_chat_jsonl(paths.train_file), max_len)
-    valid = (
-        encode_dataset(tokenizer, read_chat_jsonl(paths.valid_file), max_len).examples
-        if spec.has_validation
-        else []
+    lines = read_chat_jsonl(paths.train_file)
+    # Held-out lines are chosen among the file's lines, so the evaluation that follows the
+    # job can find the very same examples by their position in the file.
+    held_out_positions = (
+        [] if spec.has_validation else holdout_indices(len(lines), hp.holdout_fraction, spec.seed)
     )
+    chosen = set(held_out_positions)
+    train = encode_dataset(tokenizer, [x for i, x in enumerate(lines) if i not in chosen], max_len)
+    if spec.has_validation:
+        valid = encode_dataset(tokenizer, read_chat_jsonl(paths.valid_file), max_len).examples
+    else:
+        valid = encode_dataset(tokenizer, [lines[i] for i in held_out_positions], max_len).examples
     if not train.examples:
         raise ValueError("No training example has an assistant turn to learn from")
-    examples, held_out = train.examples, []
-    if not spec.has_validation:
-        chosen = set(holdout_indices(len(examples), hp.holdout_fraction, spec.seed))
-        held_out = [e for i, e in enumerate(examples) if i in chosen]
-        examples = [e for i, e in enumerate(examples) if i not in chosen]
-        valid = held_out
+    examples = train.examples
     plan = resolve_plan(
         hp,
         len(examples),
         max_len,
         runtime.world_size,
         mean_example_tokens=sum(e.length for e in examples) / len(examples),
-        holdout_examples=len(held_out),
+        holdout_examples=len(held_out_positions),
         has_valid=bool(valid),
     )
     reporter.dataset(train, plan.max_seq_length)
     if not spec.has_validation:
-        reporter.holdout(len(held_out), len(train.examples), hp.holdout_fraction)
+        reporter.holdout(held_out_positions, len(lines), hp.holdout_fraction)
     torch.manual_seed(spec.seed)  # identical LoRA initialisation on every rank
     lora = LoraConfig(
         r=hp.lora_r,

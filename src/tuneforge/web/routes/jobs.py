@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
 from tuneforge.auth.service import Principal
 from tuneforge.datasets import service as datasets_service
 from tuneforge.db.session import SessionDep
 from tuneforge.db.tables.datasets import FineTuningDataset
-from tuneforge.db.tables.jobs import JobStatus
+from tuneforge.db.tables.jobs import FineTuningJob, JobStatus
 from tuneforge.errors import NotFound
+from tuneforge.evals import service as evals_service
 from tuneforge.jobs import service as jobs_service
 from tuneforge.jobs.repository import JobFilter
-from tuneforge.jobs.states import ACTIVE_STATUSES
+from tuneforge.jobs.states import ACTIVE_STATUSES, TERMINAL_STATUSES
+from tuneforge.models import service as models_service
 from tuneforge.providers.registry import provider_names
 from tuneforge.state import SessionFactoryDep, SettingsDep
 from tuneforge.web.deps import WebPrincipal, action_done, choice
@@ -102,6 +104,25 @@ def _chart_series(points: list[Any]) -> dict[str, list[list[float]]]:
     return series
 
 
+def _status_context(session: SessionDep, org: str, job: FineTuningJob) -> dict[str, Any]:
+    """What the status panel and checkpoints show, on the page and on every refresh."""
+    return {
+        "job": jobs_service.describe_job(session, org, job),
+        "checkpoints": jobs_service.list_checkpoints(session, org, job.id),
+        "checkpoint_models": models_service.checkpoint_models(session, org, job.id),
+        "finished": job.status in TERMINAL_STATUSES,
+        "evaluation": _evaluation_context(session, org, job.id),
+        "active": job.status in ACTIVE_STATUSES,
+    }
+
+
+def _evaluation_context(session: SessionDep, org: str, job_id: str) -> dict[str, Any] | None:
+    run = evals_service.job_evaluation(session, org, job_id)
+    if run is None:
+        return None
+    return {"run": run, "figure": evals_service.before_after(run)}
+
+
 @router.get("/{job_id}")
 def job_detail(
     job_id: str, request: Request, principal: WebPrincipal, session: SessionDep
@@ -116,15 +137,13 @@ def job_detail(
     )
     cursor = f"{events[0].id if events else 0}-{max((p.id for p in points), default=0)}"
     context = {
-        "job": jobs_service.describe_job(session, org, job),
+        **_status_context(session, org, job),
         "dataset": _dataset_or_none(session, org, job.dataset_id),
         "events": events,
         "more_events": more_events,
         "series": _chart_series(points),
-        "checkpoints": jobs_service.list_checkpoints(session, org, job.id),
         "verdict": jobs_service.training_verdict(session, job),
         "cursor": cursor,
-        "active": job.status in ACTIVE_STATUSES,
     }
     return render(request, "jobs/detail.html", context, principal=principal, section="jobs")
 
@@ -136,12 +155,34 @@ def job_summary(
     """The status panel and checkpoints, re-read when the live stream reports a new status."""
     org = principal.organization_id
     job = jobs_service.get_job(session, org, job_id)
-    context = {
-        "job": jobs_service.describe_job(session, org, job),
-        "checkpoints": jobs_service.list_checkpoints(session, org, job.id),
-        "active": job.status in ACTIVE_STATUSES,
-    }
+    context = _status_context(session, org, job)
     return render(request, "jobs/_refresh.html", context, principal=principal)
+
+
+@router.get("/{job_id}/evaluation")
+def job_evaluation(
+    job_id: str, request: Request, principal: WebPrincipal, session: SessionDep
+) -> Response:
+    """The before/after line, polled while its evaluation runs."""
+    org = principal.organization_id
+    job = jobs_service.get_job(session, org, job_id)
+    context = {"job": job, "evaluation": _evaluation_context(session, org, job.id)}
+    return render(request, "jobs/_evaluation.html", context, principal=principal)
+
+
+@router.post("/{job_id}/checkpoints/{step}/model")
+def make_checkpoint_model(
+    job_id: str,
+    step: Annotated[int, Path(ge=0, le=10_000_000)],
+    request: Request,
+    principal: WebPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> Response:
+    model, _ = models_service.create_model_from_checkpoint(
+        session, settings, principal.organization_id, job_id, step
+    )
+    return action_done(request, f"/dashboard/fine-tuning/models/{model.id}")
 
 
 @router.post("/{job_id}/cancel")

@@ -11,6 +11,7 @@ from tuneforge.agents import service as agents_service
 from tuneforge.db.session import SessionDep
 from tuneforge.db.tables.models import ModelStatus
 from tuneforge.errors import InvalidInput
+from tuneforge.evals import service as evals_service
 from tuneforge.inference import service as inference_service
 from tuneforge.inference.deps import RuntimeDep
 from tuneforge.inference.schemas import AgentChatRequest
@@ -83,8 +84,14 @@ def model_detail(
         to_date=None,
         settings=settings,
     )
+    run = (
+        evals_service.job_evaluation(session, org, item.model.job_id)
+        if item.model.checkpoint_step is None
+        else None
+    )
     context = {
         "item": item,
+        "evaluation": {"run": run, "figure": evals_service.before_after(run)} if run else None,
         "report": report,
         "agents": _agents(session, org),
         "served_here": served_here,
