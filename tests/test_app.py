@@ -70,3 +70,24 @@ def test_startup_deletes_uploads_a_dead_server_left_half_received(
 
     assert not abandoned.exists()
     assert receiving.exists() and stored.exists()
+
+
+def test_every_response_carries_security_headers_and_the_dashboard_a_policy(
+    client: TestClient,
+) -> None:
+    api = client.get("/health")
+    page = client.get("/dashboard/sign-in")
+    for response in (api, page):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Referrer-Policy"] == "same-origin"
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "Content-Security-Policy" not in api.headers
+
+
+def test_the_favicon_is_an_icon(client: TestClient) -> None:
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/x-icon"
+    assert response.content[:4] == b"\x00\x00\x01\x00"

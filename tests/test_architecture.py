@@ -25,6 +25,7 @@ ALLOWED_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset()
 LAYERS = (
     "config",
     "errors",
+    "bounds",
     "sse",
     "api_client",
     "state",

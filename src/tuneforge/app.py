@@ -9,10 +9,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from sqlalchemy import Engine, text
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge.agents.endpoints import router as agents_router
 from tuneforge.auth.cache import PrincipalCache
@@ -23,7 +24,12 @@ from tuneforge.datasets.storage import sweep_abandoned_uploads
 from tuneforge.db.engine import make_engine, make_session_factory
 from tuneforge.db.migrate import ensure_migrated
 from tuneforge.db.session import SessionDep, session_slots
-from tuneforge.errors import ServiceUnavailable, TuneForgeError, error_responses
+from tuneforge.errors import (
+    ServiceUnavailable,
+    TuneForgeError,
+    error_responses,
+    http_error_code,
+)
 from tuneforge.evals.endpoints import router as evals_router
 from tuneforge.inference.calls import InferenceRuntime
 from tuneforge.inference.endpoints import agent_chat_router, openai_router
@@ -34,6 +40,7 @@ from tuneforge.models.endpoints import router as models_router
 from tuneforge.providers.endpoints import router as base_models_router
 from tuneforge.state import AppState
 from tuneforge.web.errors import install_dashboard_error_pages
+from tuneforge.web.headers import SecurityHeaders
 from tuneforge.web.routes import router as web_router
 from tuneforge.web.templating import WEB_DIR
 from tuneforge.worker.endpoints import router as sync_router
@@ -47,6 +54,7 @@ class HealthResponse(BaseModel):
 
 # An upload's temp file older than this belongs to a server that died receiving it.
 ABANDONED_UPLOAD_SECONDS = 6 * 60 * 60
+FAVICON = WEB_DIR / "static" / "favicon.ico"
 
 
 def build_state(settings: Settings, engine: Engine) -> AppState:
@@ -108,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state = state
     install_error_handler(app)
     install_dashboard_error_pages(app)
+    app.add_middleware(SecurityHeaders)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -144,17 +153,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stats_router)
     app.include_router(web_router)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        """Browsers ask for it on every first page view."""
+        return FileResponse(FAVICON, media_type="image/x-icon")
+
     app.include_router(openai_router)
     return app
 
 
 def install_error_handler(app: FastAPI) -> None:
-    """The one handler of every ``TuneForgeError`` and request validation error."""
+    """The one handler of every ``TuneForgeError``, request validation error and HTTP error."""
 
     @app.exception_handler(TuneForgeError)
     async def render_tuneforge_error(_: Request, exc: TuneForgeError) -> JSONResponse:
         body = {"error": exc.error, "detail": exc.detail, **exc.extra}
         return JSONResponse(status_code=exc.status_code, content=body, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def render_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Errors raised below our code (an unparsable body, an unknown route) in our shape."""
+        return JSONResponse(
+            status_code=exc.status_code,
+            content={"error": http_error_code(exc.status_code), "detail": str(exc.detail)},
+            headers=exc.headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def render_request_validation_error(

@@ -5,6 +5,7 @@ Nothing here imports FastAPI, so the training child and the worker can raise the
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from pydantic import BaseModel
@@ -19,6 +20,14 @@ class TuneForgeError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+
+
+class BadRequest(TuneForgeError):
+    """A well-formed request the server cannot carry out as asked (e.g. a schema that does
+    not compile)."""
+
+    status_code = 400
+    error = "bad_request"
 
 
 class InvalidInput(TuneForgeError):
@@ -79,3 +88,11 @@ def error_responses(*errors: type[TuneForgeError]) -> dict[int | str, dict[str, 
         err.status_code: {"model": ErrorBody, "description": err.error.replace("_", " ")}
         for err in errors
     }
+
+
+def http_error_code(status_code: int) -> str:
+    """The ``error`` code of a plain HTTP status: its reason phrase in snake case."""
+    try:
+        return HTTPStatus(status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "http_error"

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from fastapi import FastAPI
@@ -281,3 +284,59 @@ def test_leaving_the_organization_revokes_access_within_the_cache_time_by_token_
         response = briefly_cached.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 401
         assert response.json()["detail"] == "Credentials no longer grant access"
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": 1e20},  # signed, but past what a datetime holds
+        {"org": {"id": "an object"}},
+        {"sub": ["a", "list"]},
+    ],
+)
+def test_a_validly_signed_token_with_unusable_claims_is_401(
+    client: TestClient, account: Account, settings: Settings, claims: dict[str, Any]
+) -> None:
+    payload = {
+        "sub": account.user_id,
+        "org": account.organization_id,
+        "exp": int(time.time()) + 60,
+        **claims,
+    }
+    token = jwt.encode(payload, settings.signing_key(), algorithm="HS256")
+    response = client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "unauthorized"
+
+
+def test_concurrent_registrations_of_one_email_make_one_account(live_server: str) -> None:
+    body = {
+        "email": "race@example.com",
+        "password": "correct horse battery",
+        "name": "Racer",
+        "organization_name": "Race",
+    }
+    barrier = threading.Barrier(6)
+
+    def register_once() -> int:
+        barrier.wait()
+        return httpx.post(f"{live_server}/auth/register", json=body, timeout=30).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        statuses = sorted(pool.map(lambda _: register_once(), range(6)))
+    assert statuses == [201, 409, 409, 409, 409, 409]
+
+
+@pytest.mark.parametrize("path", ["/agents", "/v1/chat/completions"])
+def test_a_body_nested_too_deep_to_parse_is_a_400_in_the_error_shape(
+    client: TestClient, account: Account, path: str
+) -> None:
+    nested = "[" * 100_000 + "]" * 100_000
+    response = client.post(
+        path,
+        content=nested,
+        headers={**account.headers, "Content-Type": "application/json"},
+    )
+    assert response.status_code in (400, 422), response.text
+    body = response.json()
+    assert body["detail"] and "error" in body

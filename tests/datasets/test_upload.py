@@ -344,3 +344,27 @@ def test_slow_uploads_do_not_hold_back_other_requests(
     finally:
         for conn in stalled:
             conn.close()
+
+
+@pytest.mark.parametrize("filename", ["数据.jsonl", "Ω.jsonl", "😀.jsonl", "naïve data.jsonl"])
+def test_a_file_name_in_any_script_is_kept_as_given(upload: Upload, filename: str) -> None:
+    response = upload(valid_jsonl(2), filename)
+
+    assert response.status_code == 201, response.text
+    assert response.json()["original_filename"] == filename
+
+
+def test_an_rfc_5987_file_name_is_decoded(client: TestClient, account: Account) -> None:
+    body = (
+        b'--x\r\nContent-Disposition: form-data; name="name"\r\n\r\nd\r\n'
+        b'--x\r\nContent-Disposition: form-data; name="file"; '
+        b"filename*=UTF-8''%E6%95%B0%E6%8D%AE.jsonl\r\n\r\n" + valid_jsonl(1) + b"\r\n--x--\r\n"
+    )
+    response = client.post(
+        "/fine-tuning/datasets",
+        headers={**account.headers, "Content-Type": "multipart/form-data; boundary=x"},
+        content=body,
+    )
+
+    assert response.status_code == 201, response.text
+    assert response.json()["original_filename"] == "数据.jsonl"

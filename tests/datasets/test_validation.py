@@ -337,3 +337,32 @@ def test_add_returns_the_example_result() -> None:
 def test_unknown_split_is_rejected() -> None:
     with pytest.raises(ValueError, match="split"):
         _builder().add(RawExample(1, GOOD, None, None), "test")
+
+
+def test_what_a_model_cannot_be_trained_on_is_an_error_naming_line_and_message(
+    tmp_path: Path,
+) -> None:
+    local = BaseModelInfo("local-model", "local", 8_192, "local")
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    listed_arguments = {**CALL, "function": {"name": "f", "arguments": "[1, 2]"}}
+    lines = [
+        _example(USER, {"role": "assistant", "content": None, "tool_calls": [CALL]}, tools=[TOOL]),
+        _example(
+            {"role": "user", "content": [{"type": "text", "text": "What is it?"}, image]}, ASSISTANT
+        ),
+        _example(USER, {"role": "assistant", "content": None, "tool_calls": [listed_arguments]}),
+        GOOD,
+    ]
+    builder = ReportBuilder(model=local, counter=LengthCounter(), price_per_million=None)
+
+    report = _report(lines, tmp_path, builder)
+
+    assert [(e.line, e.code, e.message_index) for e in report.errors] == [
+        (2, "unsupported_content", 0),
+        (3, "invalid_tool_calls", 1),
+    ]
+    assert "local-model is trained on text only" in report.errors[0].message
+    assert (report.examples_with_tools, report.examples_with_tool_calls) == (1, 1)
+    vision = BaseModelInfo("vision-model", "openai", 65_536, "o200k_base", reads_images=True)
+    builder = ReportBuilder(model=vision, counter=LengthCounter(), price_per_million=None)
+    assert _report(lines[1:2], tmp_path, builder).is_valid

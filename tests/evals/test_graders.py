@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
@@ -12,6 +14,7 @@ from tuneforge.evals.graders import (
     RegexMatch,
     Similarity,
     StringCheck,
+    ToolCallMatch,
     ValidJson,
     grader_for,
 )
@@ -90,3 +93,38 @@ def test_the_data_picks_the_grader() -> None:
     assert isinstance(grader_for(["billing", "shipping"]), StringCheck)
     assert isinstance(grader_for(["A long rewritten sentence with [NAME] in it, " * 2]), Similarity)
     assert isinstance(grader_for(['{"a": 1}', "billing"]), StringCheck)
+
+
+def call(name: str, **arguments: object) -> str:
+    return f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected", "score", "passed"),
+    [
+        (call("get_order", id=42), call("get_order", id=42), 1.0, True),
+        ("Sure.\n" + call("get_order", id=42), call("get_order", id=42), 1.0, True),
+        (
+            call("get_order", id=41, verbose=True),
+            call("get_order", id=42, verbose=True),
+            0.5,
+            False,
+        ),
+        (call("refund", id=42), call("get_order", id=42), 0.0, False),
+        ("It is on its way.", call("get_order", id=42), 0.0, False),
+        ("<tool_call>{not json</tool_call>", call("get_order", id=42), 0.0, False),
+        (call("get_order", id=42), call("get_order", id=42) + call("refund", id=42), 0.5, False),
+        ("Hello!", "Hi there", 1.0, True),  # no call was due and none was made
+        (call("get_order", id=1), "Hi there", 0.0, False),
+        (call("lookup", city="Zürich"), call("lookup", city="Zürich"), 1.0, True),
+    ],
+)
+def test_tool_call_match_compares_names_and_parsed_arguments(
+    reply: str, expected: str, score: float, passed: bool
+) -> None:
+    grade = ToolCallMatch().grade(reply, expected)
+    assert (grade.score, grade.passed) == (pytest.approx(score), passed)
+
+
+def test_replies_that_make_calls_are_graded_by_tool_call_match() -> None:
+    assert isinstance(grader_for([call("f", a=1), "No tool needed."]), ToolCallMatch)

@@ -293,3 +293,67 @@ def test_a_generation_failing_mid_stream_ends_with_an_error_event(
     assert [row.success for row in _usage_rows(db_session)] == [False]
     conversations = client.get(f"/agents/{agent.id}/conversations", headers=account.headers)
     assert conversations.json()["total"] == 0
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "tide_at",
+            "description": "The tide at a harbour.",
+            "parameters": {"type": "object", "properties": {"harbour": {"type": "string"}}},
+        },
+    }
+]
+
+
+def test_an_agents_tools_are_offered_and_its_tool_turns_logged_and_imported(
+    client: TestClient, account: Account, fine_tuned: FineTunedModel
+) -> None:
+    created = client.post(
+        "/agents",
+        json={"name": "Harbour", "model": fine_tuned.id, "tools": TOOLS},
+        headers=account.headers,
+    )
+    assert created.status_code == 201, created.text
+    agent = created.json()
+    assert agent["tools"] == TOOLS
+    call = {
+        "id": "call_7",
+        "type": "function",
+        "function": {"name": "tide_at", "arguments": '{"harbour": "Brest"}'},
+    }
+    turn = [
+        {"role": "user", "content": "Tide in Brest?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_7", "content": "High tide at 14:05."},
+    ]
+
+    reply = client.post(
+        f"/agents/{agent['id']}/chat", json=ASK | {"messages": turn}, headers=account.headers
+    )
+
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    logged = client.get(
+        f"/agents/{agent['id']}/conversations/{body['conversation_id']}", headers=account.headers
+    ).json()["messages"]
+    assert [m["role"] for m in logged] == ["user", "assistant", "tool", "assistant"]
+    assert logged[1]["tool_calls"] == [call] and logged[2]["tool_call_id"] == "call_7"
+    imported = client.post(
+        "/fine-tuning/datasets/import",
+        json={"name": "harbour", "agent_ids": [agent["id"]]},
+        headers=account.headers,
+    )
+    assert imported.status_code == 201, imported.text
+    rows = client.get(
+        f"/fine-tuning/datasets/{imported.json()['id']}/examples", headers=account.headers
+    ).json()["items"]
+    assert rows[0]["tools"] == TOOLS
+    assert rows[0]["messages"][1]["tool_calls"] == [call]
+    assert (
+        client.patch(
+            f"/agents/{agent['id']}", json={"tools": None}, headers=account.headers
+        ).json()["tools"]
+        is None
+    )

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import uvicorn
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -28,37 +22,6 @@ MESSAGES: list[dict[str, str]] = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Say something about stars."},
 ]
-
-
-@pytest.fixture
-def server_url(app: FastAPI) -> Iterator[str]:
-    """The app served by uvicorn on a free port, as a deployment would run it."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
-
-
-@pytest.fixture
-def api_key(client: TestClient, account: Account) -> str:
-    response = client.post("/auth/api-keys", json={"name": "sdk"}, headers=account.headers)
-    assert response.status_code == 201, response.text
-    return str(response.json()["key"])
-
-
-@pytest.fixture
-def sdk(server_url: str, api_key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server_url}/v1", api_key=api_key, max_retries=0, timeout=60)
 
 
 def test_chat_completion_by_id_and_by_name(
@@ -200,21 +163,21 @@ def test_missing_base_model_files_are_unavailable(
     assert raised.value.status_code == 503
 
 
-def test_credentials_are_required(server_url: str, account: Account) -> None:
+def test_credentials_are_required(live_server: str, account: Account) -> None:
     no_key = httpx.post(
-        f"{server_url}/v1/chat/completions",
+        f"{live_server}/v1/chat/completions",
         json={"model": TINY_BASE_MODEL, "messages": MESSAGES},
     )
     assert no_key.status_code == 401
-    bad_key = openai.OpenAI(base_url=f"{server_url}/v1", api_key="tf-not-a-key", max_retries=0)
+    bad_key = openai.OpenAI(base_url=f"{live_server}/v1", api_key="tf-not-a-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad_key.models.list()
-    with_jwt = openai.OpenAI(base_url=f"{server_url}/v1", api_key=account.token, max_retries=0)
+    with_jwt = openai.OpenAI(base_url=f"{live_server}/v1", api_key=account.token, max_retries=0)
     assert TINY_BASE_MODEL in [model.id for model in with_jwt.models.list()]
 
 
 def test_a_client_leaving_mid_stream_frees_the_model(
-    server_url: str,
+    live_server: str,
     api_key: str,
     sdk: openai.OpenAI,
     fine_tuned: FineTunedModel,
@@ -223,7 +186,7 @@ def test_a_client_leaving_mid_stream_frees_the_model(
     request = {"model": fine_tuned.id, "messages": MESSAGES, "max_tokens": 4000, "stream": True}
     headers = {"Authorization": f"Bearer {api_key}"}
     with httpx.stream(
-        "POST", f"{server_url}/v1/chat/completions", json=request, headers=headers, timeout=30
+        "POST", f"{live_server}/v1/chat/completions", json=request, headers=headers, timeout=30
     ) as response:
         assert response.status_code == 200
         next(response.iter_lines())

@@ -20,16 +20,15 @@ from tuneforge.agents.schemas import (
     Deleted,
     Rating,
     Tag,
-    UTCDatetime,
 )
 from tuneforge.auth.deps import PrincipalDep
+from tuneforge.bounds import Offset, UTCDatetime
 from tuneforge.db.session import SessionDep
 from tuneforge.errors import Conflict, InvalidInput, NotFound, Unauthorized, error_responses
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size.")]
-Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
 
 
 @router.post(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -17,17 +17,11 @@ from pydantic import (
     model_validator,
 )
 
+from tuneforge.bounds import UTCDatetime
 from tuneforge.db.tables.agents import Conversation, ConversationMessage
 
 MAX_TAGS = 20
 MAX_MESSAGES = 10_000
-
-
-def as_utc(value: datetime) -> datetime:
-    """Naive means UTC; aware values are converted so SQLite (which drops offsets) sorts right."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def normalize_tags(tags: Iterable[str]) -> list[str]:
@@ -39,7 +33,6 @@ def normalize_tags(tags: Iterable[str]) -> list[str]:
     return list(unique)
 
 
-UTCDatetime = Annotated[datetime, AfterValidator(as_utc)]
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 TagList = Annotated[list[Tag], Field(max_length=MAX_TAGS), AfterValidator(normalize_tags)]
 Rating = Annotated[int, Field(ge=1, le=5)]
@@ -47,6 +40,28 @@ ProviderName = Annotated[
     str,
     StringConstraints(min_length=1, max_length=50, pattern=r"^[a-z0-9][a-z0-9_.-]*$"),
 ]
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = Field(default=None, max_length=10_000)
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="A JSON schema for the arguments.",
+    )
+    strict: bool | None = Field(
+        default=None, description="Arguments are decoded to match `parameters` exactly."
+    )
+
+
+class ToolDefinition(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+MAX_AGENT_TOOLS = 128
 
 
 class AgentCreate(BaseModel):
@@ -63,6 +78,11 @@ class AgentCreate(BaseModel):
         description='E.g. "local" or "openai"; defaults to the fine-tuned model\'s provider, '
         'else "local".',
     )
+    tools: list[ToolDefinition] | None = Field(
+        default=None,
+        max_length=MAX_AGENT_TOOLS,
+        description="Functions the agent may call in its chats (OpenAI's tool format).",
+    )
 
 
 class AgentUpdate(BaseModel):
@@ -73,6 +93,7 @@ class AgentUpdate(BaseModel):
     system_prompt: str | None = Field(default=None, max_length=100_000)
     model: str | None = Field(default=None, min_length=1, max_length=200)
     provider: ProviderName | None = None
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=MAX_AGENT_TOOLS)
 
     @field_validator("name", "model", "provider")
     @classmethod
@@ -92,6 +113,7 @@ class AgentOut(BaseModel):
     model: str
     provider: str
     fine_tuned_model_id: str | None
+    tools: list[dict[str, Any]] | None
     created_at: datetime
     updated_at: datetime
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -14,9 +15,10 @@ from tuneforge.agents.schemas import (
     AgentUpdate,
     ConversationCreate,
     ConversationUpdate,
-    as_utc,
+    ToolDefinition,
     normalize_tags,
 )
+from tuneforge.bounds import utc_moment
 from tuneforge.db.base import utcnow
 from tuneforge.db.scoping import get_owned
 from tuneforge.db.tables.agents import Agent, Conversation, ConversationMessage, ConversationTag
@@ -45,10 +47,15 @@ def create_agent(session: Session, organization_id: str, request: AgentCreate) -
         model=request.model,
         provider=request.provider or (fine_tuned.provider if fine_tuned else DEFAULT_PROVIDER),
         fine_tuned_model_id=fine_tuned.id if fine_tuned else None,
+        tools=_tools(request.tools),
     )
     session.add(agent)
     session.flush()
     return agent
+
+
+def _tools(tools: list[ToolDefinition] | None) -> list[dict[str, Any]] | None:
+    return [tool.model_dump(exclude_none=True) for tool in tools] if tools else None
 
 
 def list_agents(
@@ -68,6 +75,8 @@ def update_agent(
 ) -> Agent:
     agent = get_agent(session, organization_id, agent_id)
     changes = request.model_dump(exclude_unset=True)
+    if "tools" in changes:
+        changes["tools"] = _tools(request.tools)
     for field, value in changes.items():
         setattr(agent, field, value)
     if "model" in changes:
@@ -280,7 +289,7 @@ def _import_filter(
 
 
 def _check_range(started_from: datetime | None, started_to: datetime | None, *, field: str) -> None:
-    if started_from and started_to and as_utc(started_from) > as_utc(started_to):
+    if started_from and started_to and utc_moment(started_from) > utc_moment(started_to):
         raise InvalidInput("The end of the started_at range is before its start", field=field)
 
 
@@ -294,8 +303,8 @@ def _conversation_filter(
 ) -> ConversationFilter:
     return ConversationFilter(
         agent_ids=tuple(agent_ids or ()),
-        started_from=as_utc(started_from) if started_from else None,
-        started_to=as_utc(started_to) if started_to else None,
+        started_from=utc_moment(started_from) if started_from else None,
+        started_to=utc_moment(started_to) if started_to else None,
         min_rating=min_rating,
         tags=tuple(normalize_tags(tags or ())),
     )

@@ -55,11 +55,14 @@ def decode_access_token(token: str, secret: str) -> TokenClaims:
         raise Unauthorized("Access token has expired") from exc
     except jwt.InvalidTokenError as exc:
         raise Unauthorized("Access token is invalid") from exc
-    return TokenClaims(
-        user_id=payload["sub"],
-        organization_id=payload["org"],
-        expires_at=datetime.fromtimestamp(payload["exp"], UTC),
-    )
+    user_id, organization_id = payload["sub"], payload["org"]
+    if not isinstance(user_id, str) or not isinstance(organization_id, str):
+        raise Unauthorized("Access token is invalid")
+    try:  # a signed token can still carry an expiry no datetime holds
+        expires_at = datetime.fromtimestamp(payload["exp"], UTC)
+    except (OverflowError, OSError, ValueError, TypeError) as exc:
+        raise Unauthorized("Access token is invalid") from exc
+    return TokenClaims(user_id=user_id, organization_id=organization_id, expires_at=expires_at)
 
 
 def generate_api_key() -> str:

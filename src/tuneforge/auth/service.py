@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tuneforge.auth import repository
@@ -92,7 +93,10 @@ def register(
     )
     organization = Organization(name=request.organization_name)
     session.add_all([user, organization])
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:  # a concurrent registration of the same email won the race
+        raise Conflict(f"A user with email {request.email} already exists", field="email") from exc
     session.add(Membership(user_id=user.id, organization_id=organization.id, role=Role.OWNER))
     session.flush()
     return user, organization, _issue(user.id, organization.id, settings)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from tuneforge.auth.deps import BriefPrincipalDep, PrincipalDep
+from tuneforge.bounds import Offset
 from tuneforge.datasets import importers, ingest, service, storage
 from tuneforge.datasets.schemas import (
     DatasetOut,
@@ -39,8 +40,8 @@ from tuneforge.state import SettingsDep, app_state
 
 router = APIRouter(prefix="/fine-tuning/datasets", tags=["datasets"])
 
-Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
-Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
+Limit = Annotated[int, Query(ge=1, le=100, description="Page size.")]
+ExampleLimit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
 
 
 @router.post(
@@ -92,7 +93,7 @@ def list_datasets(
     name: Annotated[
         str | None, Query(max_length=200, description="Case-insensitive name substring.")
     ] = None,
-    limit: Limit = 50,
+    limit: Limit = 20,
     offset: Offset = 0,
 ) -> DatasetPage:
     datasets, total = service.list_datasets(
@@ -235,7 +236,7 @@ def list_examples(
     session: SessionDep,
     split: ExampleSplit | None = None,
     valid: Annotated[bool | None, Query(description="Only valid or only invalid rows.")] = None,
-    limit: Limit = 50,
+    limit: ExampleLimit = 50,
     offset: Offset = 0,
 ) -> ExamplePage:
     examples, total = service.list_examples(

@@ -73,19 +73,24 @@ def _examples(
     request: ImportRequest,
     first_line: int,
 ) -> Iterator[tuple[RawExample, str | None]]:
-    """(example, conversation id) per conversation; each agent's prompt is looked up once."""
-    prompts: dict[str, str | None] = {}
+    """(example, conversation id) per conversation; each agent is looked up once. An agent's
+    tools go with its conversations, so the calls in them train with their definitions."""
+    agents: dict[str, Agent] = {}
     for line_number, (conversation, messages) in enumerate(conversations, first_line):
-        system_prompt = None
-        if request.include_system_prompt:
-            if conversation.agent_id not in prompts:
-                agent = get_owned(session, Agent, conversation.agent_id, organization_id)
-                prompts[conversation.agent_id] = agent.system_prompt
-            system_prompt = prompts[conversation.agent_id]
+        if conversation.agent_id not in agents:
+            agents[conversation.agent_id] = get_owned(
+                session, Agent, conversation.agent_id, organization_id
+            )
+        agent = agents[conversation.agent_id]
         chat = conversation_messages(
-            messages, system_prompt=system_prompt, assistant_turns=request.assistant_turns
+            messages,
+            system_prompt=agent.system_prompt if request.include_system_prompt else None,
+            assistant_turns=request.assistant_turns,
         )
-        yield RawExample(line_number, {"messages": chat}, None, None), conversation.id
+        example: dict[str, Any] = {"messages": chat}
+        if agent.tools:
+            example["tools"] = agent.tools
+        yield RawExample(line_number, example, None, None), conversation.id
 
 
 def _filters(request: ImportFilter) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from pydantic import (
     model_validator,
 )
 
-from tuneforge.agents.schemas import Rating, TagList, UTCDatetime
+from tuneforge.agents.schemas import Rating, TagList
+from tuneforge.bounds import UTCDatetime
 from tuneforge.db.tables.datasets import (
     DatasetFormat,
     DatasetStatus,

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import unquote
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -30,6 +32,7 @@ MAX_FIELD_BYTES = 64 * 1024
 # Room for boundaries, part headers and the small text fields around the file itself.
 FORM_OVERHEAD_BYTES = 256 * 1024
 TEMP_PREFIX = ".incoming-"
+_EXTENDED_FILENAME = re.compile(rb"filename\*\s*=\s*([A-Za-z0-9_-]*)'[^']*'([^;\s]+)", re.I)
 
 
 @dataclass
@@ -45,6 +48,19 @@ class ReceivedUpload:
 
     def discard(self) -> None:
         self.temp_path.unlink(missing_ok=True)
+
+
+def _filename(disposition: bytes, params: dict[bytes, bytes]) -> str:
+    """The part's file name as given: ``filename``'s UTF-8 bytes, or RFC 5987's
+    ``filename*=UTF-8''…`` (percent-encoded) that some clients send instead."""
+    extended = _EXTENDED_FILENAME.search(disposition)
+    if extended is not None:
+        charset, quoted = extended.group(1).decode("ascii"), extended.group(2).decode("ascii")
+        try:
+            return unquote(quoted, encoding=charset or "utf-8", errors="replace")
+        except LookupError:
+            return unquote(quoted, errors="replace")
+    return params.get(b"filename", b"").decode("utf-8", "replace")
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -78,7 +94,7 @@ class _MultipartSink:
         self.head = bytearray()
         self.finished = False
         self._file: BinaryIO | None = None
-        self._headers: dict[str, str] = {}
+        self._headers: dict[str, bytes] = {}
         self._header_field = bytearray()
         self._header_value = bytearray()
         self._part_name: str | None = None
@@ -116,12 +132,15 @@ class _MultipartSink:
 
     def _on_header_end(self) -> None:
         name = self._header_field.decode("latin-1").strip().lower()
-        self._headers[name] = self._header_value.decode("utf-8", "replace")
+        self._headers[name] = bytes(self._header_value)
         self._header_field = bytearray()
         self._header_value = bytearray()
 
     def _on_headers_finished(self) -> None:
-        disposition, params = parse_options_header(self._headers.get("content-disposition", ""))
+        # Raw bytes: browsers and httpx send names in UTF-8, which a str would force
+        # through Latin-1.
+        raw_disposition = self._headers.get("content-disposition", b"")
+        disposition, params = parse_options_header(raw_disposition)
         if disposition != b"form-data" or b"name" not in params:
             raise InvalidInput("A multipart part has no form-data name", field="body")
         self._part_name = params[b"name"].decode("utf-8", "replace")
@@ -129,7 +148,7 @@ class _MultipartSink:
             return
         if self.filename is not None:
             raise InvalidInput("Send exactly one file", field=FILE_FIELD)
-        self.filename = params.get(b"filename", b"").decode("utf-8", "replace")
+        self.filename = _filename(raw_disposition, params)
         self._part_is_file = True
         self._file = self.temp_path.open("xb")
 

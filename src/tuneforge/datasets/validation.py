@@ -22,6 +22,7 @@ from tuneforge.datasets.parsing import RawExample
 from tuneforge.datasets.tokens import TokenCounter, count_chat_tokens
 from tuneforge.db.tables.datasets import ExampleSplit
 from tuneforge.providers.catalog import training_cost_usd
+from tuneforge.providers.chat_format import UnrepresentableMessage, calls_of
 from tuneforge.providers.contract import BaseModelInfo, default_epochs
 
 MAX_WARNING_SAMPLES = 100
@@ -96,6 +97,8 @@ class ValidationReport(BaseModel):
     exact_duplicates: Duplicates
     near_duplicates: Duplicates
     train_validation_overlap: int
+    examples_with_tools: int = 0
+    examples_with_tool_calls: int = 0
     n_epochs: int | None
     billed_tokens_per_epoch: int
     total_billed_tokens: int
@@ -148,6 +151,8 @@ class ReportBuilder:
         self._exact_hashes = array("q")
         self._near_hashes = array("q")
         self._in_validation = array("B")
+        self._with_tools = 0
+        self._with_tool_calls = 0
 
     def add(self, raw: RawExample, split: str = "train") -> ExampleResult:
         in_validation = split == ExampleSplit.VALIDATION
@@ -169,7 +174,13 @@ class ReportBuilder:
             if b"\\u0000" in canonical and _contains_nul(payload):
                 errors.append(make_issue("invalid_content", "Example contains a NUL character"))
         if payload is not None and not errors:
+            errors += _unrepresentable(payload["messages"], self._model)
+        if payload is not None and not errors:
             messages = payload["messages"]
+            self._with_tools += bool(payload.get("tools"))
+            self._with_tool_calls += any(
+                m.get("tool_calls") or m.get("function_call") for m in messages
+            )
             tokens, assistant = count_chat_tokens(self._counter, messages, payload.get("tools"))
             context = self._model.context_length
             if tokens > context:
@@ -239,6 +250,8 @@ class ReportBuilder:
             exact_duplicates=_duplicates(exact, lines),
             near_duplicates=_duplicates(near, lines),
             train_validation_overlap=self._overlap(),
+            examples_with_tools=self._with_tools,
+            examples_with_tool_calls=self._with_tool_calls,
             n_epochs=epochs,
             billed_tokens_per_epoch=self._billed_per_epoch,
             total_billed_tokens=billed_total,
@@ -253,6 +266,30 @@ class ReportBuilder:
             return 0
         near = _numpy(self._near_hashes)
         return int(np.isin(near[in_validation], near[~in_validation]).sum())
+
+
+def _unrepresentable(messages: list[dict[str, Any]], model: BaseModelInfo) -> list[Issue]:
+    """What the model cannot be trained on: images for a text-only model, tool calls whose
+    arguments are not a JSON object (nothing to render them as)."""
+    issues = []
+    for index, message in enumerate(messages):
+        content = message.get("content")
+        has_image = isinstance(content, list) and any(
+            part.get("type") == "image_url" for part in content
+        )
+        if has_image and not model.reads_images:
+            issues.append(
+                make_issue(
+                    "unsupported_content",
+                    f"Message has an image; {model.name} is trained on text only",
+                    index,
+                )
+            )
+        try:
+            calls_of(message)
+        except UnrepresentableMessage as exc:
+            issues.append(make_issue("invalid_tool_calls", str(exc), index))
+    return issues
 
 
 def _record(

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from tuneforge.auth.deps import PrincipalDep
+from tuneforge.bounds import Offset
 from tuneforge.db.session import SessionDep
 from tuneforge.errors import Conflict, InvalidInput, NotFound, Unauthorized, error_responses
 from tuneforge.evals import service
@@ -16,7 +17,6 @@ from tuneforge.state import SettingsDep
 router = APIRouter(prefix="/evals", tags=["evals"])
 
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size.")]
-Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Rows to skip.")]
 
 
 @router.post(

@@ -38,6 +38,7 @@ class Item:
     line_number: int | None
     messages: list[dict[str, Any]]
     expected: str
+    tools: list[dict[str, Any]] | None
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def _start(
     items = []
     for position, example in enumerate(examples):
         messages, expected = prompt_and_expected(example)
-        items.append(Item(position, example.line_number, messages, expected))
+        items.append(Item(position, example.line_number, messages, expected, example.tools))
     run.examples_total = len(items)
     contestants = [
         Contestant(
@@ -134,8 +135,9 @@ def _grade_batch(
     max_tokens: int,
 ) -> list[dict[str, Any]]:
     prompts = [item.messages for item in batch]
+    tools = [item.tools for item in batch]
     replies_by_model = [
-        engine.complete_greedy_batch(c.source, prompts, max_tokens) for c in contestants
+        engine.complete_greedy_batch(c.source, prompts, max_tokens, tools) for c in contestants
     ]
     rows = []
     for index, item in enumerate(batch):

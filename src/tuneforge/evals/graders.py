@@ -7,6 +7,8 @@ generated reply often ends in a newline its reference lacks. ``json_match`` pars
 sides: whole-object equality passes, and the score is the share of expected keys whose
 values match, so a reply with one wrong field out of five scores 0.8. Similarity uses
 rapidfuzz's normalized Indel ratio, which is well tested and fast on long text.
+``tool_call_match`` reads calls out of both sides in the format models are trained on
+(``providers/chat_format.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rapidfuzz import fuzz
+
+from tuneforge.providers.chat_format import ToolCall, split_tool_calls
 
 StringOperation = Literal["eq", "ne", "like", "ilike"]
 
@@ -152,18 +156,61 @@ class Similarity(_Grader):
         return Grade(score, score >= self.pass_threshold)
 
 
+class ToolCallMatch(_Grader):
+    """The same calls (function names, in order) with the same parsed arguments. The score
+    is the share of expected calls made, each weighted by the share of its arguments that
+    match; a reply that should be plain text scores 1 when it makes no call."""
+
+    type: Literal["tool_call_match"] = "tool_call_match"
+
+    def describe(self) -> str:
+        return "tool call match"
+
+    def grade(self, reply: str, expected: str) -> Grade:
+        _, got = split_tool_calls(reply)
+        _, want = split_tool_calls(expected)
+        if not want:
+            passed = not got
+            return Grade(float(passed), passed, None if passed else "made a call; none was due")
+        if not got:
+            return Grade(0.0, False, "made no tool call")
+        scores = []
+        for wanted, made in zip(want, got, strict=False):
+            if made.name != wanted.name:
+                scores.append(0.0)
+                continue
+            keys = set(wanted.arguments) | set(made.arguments)
+            same = [k for k in keys if wanted.arguments.get(k) == made.arguments.get(k)]
+            scores.append(len(same) / len(keys) if keys else 1.0)
+        score = sum(scores) / max(len(want), len(got))
+        passed = got == want
+        detail = None if passed else f"expected {_names(want)}, got {_names(got)}"
+        return Grade(score, passed, detail)
+
+
+def _names(calls: list[ToolCall]) -> str:
+    return ", ".join(
+        f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})" for call in calls
+    )
+
+
 Grader = Annotated[
-    StringCheck | JsonMatch | ValidJson | Contains | RegexMatch | Similarity,
+    StringCheck | JsonMatch | ValidJson | Contains | RegexMatch | Similarity | ToolCallMatch,
     Field(discriminator="type"),
 ]
 
 SHORT_LABEL_CHARACTERS = 40
 
 
-def grader_for(expected_replies: list[str]) -> StringCheck | JsonMatch | Similarity:
-    """The grader the data calls for: JSON match when every expected reply is a JSON object
-    or array, exact match when they are short labels, similarity otherwise."""
+def grader_for(
+    expected_replies: list[str],
+) -> StringCheck | JsonMatch | Similarity | ToolCallMatch:
+    """The grader the data calls for: tool call match when replies make calls, JSON match
+    when every expected reply is a JSON object or array, exact match when they are short
+    labels, similarity otherwise."""
     replies = [reply.strip() for reply in expected_replies if reply.strip()]
+    if any(split_tool_calls(reply)[1] for reply in replies):
+        return ToolCallMatch()
     if replies and all(_is_json_document(reply) for reply in replies):
         return JsonMatch()
     if replies and all(

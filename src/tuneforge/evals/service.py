@@ -29,6 +29,7 @@ from tuneforge.evals.graders import Grader, Similarity, grader_for
 from tuneforge.evals.schemas import EvalCreate, EvalModel
 from tuneforge.inference.targets import resolve_model
 from tuneforge.jobs.service import training_verdict
+from tuneforge.providers.chat_format import assistant_text
 
 RUN_LABEL = "Evaluation"
 DEFAULT_MAX_EXAMPLES = 200
@@ -38,11 +39,12 @@ GRADERS = TypeAdapter(list[Grader])
 
 
 def prompt_and_expected(example: TrainingExample) -> tuple[list[dict[str, Any]], str]:
-    """The conversation up to its last assistant turn, and that turn's text."""
+    """The conversation up to its last assistant turn, and that turn as the model would
+    write it (its text, and its tool calls in the trained format)."""
     messages = list(example.messages or [])
     for index in range(len(messages) - 1, -1, -1):
         if messages[index].get("role") == "assistant":
-            return messages[:index], str(messages[index].get("content") or "")
+            return messages[:index], assistant_text(messages[index])
     return messages, ""
 
 

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge.auth.deps import BriefPrincipalDep
 from tuneforge.errors import (
@@ -25,6 +26,7 @@ from tuneforge.errors import (
     TuneForgeError,
     Unauthorized,
     error_responses,
+    http_error_code,
 )
 from tuneforge.inference import service
 from tuneforge.inference.deps import RuntimeDep
@@ -110,6 +112,9 @@ class OpenAIErrorRoute(APIRoute):
             except TuneForgeError as exc:
                 field = exc.extra.get("field")
                 return openai_error(exc.status_code, exc.error, exc.detail, field)
+            except StarletteHTTPException as exc:
+                code = http_error_code(exc.status_code)
+                return openai_error(exc.status_code, code, str(exc.detail))
             except RequestValidationError as exc:
                 fields = [
                     (".".join(str(part) for part in err["loc"][1:]), err["msg"])

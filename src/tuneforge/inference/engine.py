@@ -32,6 +32,7 @@ from tuneforge.inference.generation import (
     Completion,
     CompletionStream,
     SamplingParams,
+    Tools,
     generate_greedy_batch,
     generate_reply,
 )
@@ -176,24 +177,43 @@ class InferenceEngine:
         self.cache = ModelCache(cache_bytes, loader)
 
     def complete(
-        self, source: ModelSource, messages: ChatMessages, params: SamplingParams
+        self,
+        source: ModelSource,
+        messages: ChatMessages,
+        params: SamplingParams,
+        tools: Tools = None,
     ) -> Completion:
         entry = self.cache.get(source)
         with entry.lock:
             return generate_reply(
-                entry.model, entry.tokenizer, messages, params, cancel=threading.Event()
+                entry.model,
+                entry.tokenizer,
+                messages,
+                params,
+                cancel=threading.Event(),
+                tools=tools,
             )
 
     def complete_greedy_batch(
-        self, source: ModelSource, conversations: Sequence[ChatMessages], max_tokens: int
+        self,
+        source: ModelSource,
+        conversations: Sequence[ChatMessages],
+        max_tokens: int,
+        tools: Sequence[Tools] | None = None,
     ) -> list[Completion]:
         """Greedy replies to several conversations in one forward batch (evaluations)."""
         entry = self.cache.get(source)
         with entry.lock:
-            return generate_greedy_batch(entry.model, entry.tokenizer, conversations, max_tokens)
+            return generate_greedy_batch(
+                entry.model, entry.tokenizer, conversations, max_tokens, tools
+            )
 
     def stream(
-        self, source: ModelSource, messages: ChatMessages, params: SamplingParams
+        self,
+        source: ModelSource,
+        messages: ChatMessages,
+        params: SamplingParams,
+        tools: Tools = None,
     ) -> CompletionStream:
         """Start generating in a thread; loading errors raise here, before any text."""
         entry = self.cache.get(source)
@@ -202,7 +222,13 @@ class InferenceEngine:
         def run(cancel: threading.Event) -> Completion:
             with entry.lock:
                 return generate_reply(
-                    entry.model, entry.tokenizer, messages, params, cancel=cancel, streamer=streamer
+                    entry.model,
+                    entry.tokenizer,
+                    messages,
+                    params,
+                    cancel=cancel,
+                    streamer=streamer,
+                    tools=tools,
                 )
 
         return CompletionStream(streamer, params.stop).start(run)

@@ -1,6 +1,7 @@
 """Generating one chat reply with a loaded model, whole or as a stream of text deltas.
 
-Sampling draws from a per-request ``torch.Generator`` instead of torch's global one, so a
+A grammar (``constrained.py``) masks what a structured reply may not contain before any
+sampling. Sampling draws from a per-request ``torch.Generator`` instead of torch's global one, so a
 ``seed`` reproduces its output even while other models generate in other threads. Stop
 strings end generation as soon as they appear and are cut from the reply; a stream holds
 back text that might be the start of one, so a client never sees part of a stop string.
@@ -27,6 +28,8 @@ from transformers import (
 )
 
 from tuneforge.errors import InvalidInput
+from tuneforge.inference.constrained import ConstrainedDecoding, Grammar
+from tuneforge.providers.chat_format import chat_for_template
 
 FinishReason = Literal["stop", "length"]
 # generate() decodes greedily; sampling happens in our own processors. Neutral values for
@@ -37,7 +40,8 @@ NEUTRAL_SAMPLING: dict[str, Any] = {
     "top_p": 1.0,
     "top_k": 50,
 }
-ChatMessages = Sequence[Mapping[str, str]]
+ChatMessages = Sequence[Mapping[str, Any]]
+Tools = list[dict[str, Any]] | None
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    grammar: Grammar | None = None  # constrains every token (structured outputs, strict tools)
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,17 @@ def _room_for_reply(model: PreTrainedModel, prompt_length: int, max_tokens: int)
     return min(max_tokens, context - prompt_length)
 
 
+def _prompt_encoding(
+    tokenizer: PreTrainedTokenizerBase, messages: ChatMessages, tools: Tools
+) -> dict[str, list[int]]:
+    """The prompt's token ids (and attention mask), rendered as training renders it."""
+    chat, template_tools = chat_for_template(tokenizer, [dict(m) for m in messages], tools)
+    encoding = tokenizer.apply_chat_template(
+        chat, tools=template_tools, add_generation_prompt=True, return_dict=True
+    )
+    return {key: list(encoding[key]) for key in ("input_ids", "attention_mask")}
+
+
 def generate_reply(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -156,17 +172,24 @@ def generate_reply(
     *,
     cancel: threading.Event,
     streamer: TextIteratorStreamer | None = None,
+    tools: Tools = None,
 ) -> Completion:
-    """One reply to ``messages``, rendered with the chat template; one thread at a time."""
-    inputs = tokenizer.apply_chat_template(
-        [dict(message) for message in messages],
-        add_generation_prompt=True,
-        return_dict=True,
-        return_tensors="pt",
-    ).to(model.device)
+    """One reply to ``messages`` (and ``tools``), rendered as training renders them; one
+    thread at a time."""
+    inputs = {
+        key: torch.tensor([value], device=model.device)
+        for key, value in _prompt_encoding(tokenizer, messages, tools).items()
+    }
     prompt_length = int(inputs["input_ids"].shape[1])
     max_tokens = _room_for_reply(model, prompt_length, params.max_tokens)
+    eos_ids = _end_token_ids(model, tokenizer)
     processors = LogitsProcessorList()
+    if params.grammar is not None:
+        processors.append(
+            ConstrainedDecoding(
+                tokenizer, params.grammar, prompt_length=prompt_length, eos_ids=eos_ids
+            )
+        )
     if params.temperature > 0:
         generator = torch.Generator(device=model.device)
         if params.seed is None:
@@ -177,7 +200,6 @@ def generate_reply(
         if params.top_p < 1:
             processors.append(TopPLogitsWarper(params.top_p))
         processors.append(_SampleWithGenerator(generator))
-    eos_ids = _end_token_ids(model, tokenizer)
     with torch.inference_mode():
         output = model.generate(
             **inputs,
@@ -208,21 +230,17 @@ def generate_greedy_batch(
     tokenizer: PreTrainedTokenizerBase,
     conversations: Sequence[ChatMessages],
     max_tokens: int,
+    tools: Sequence[Tools] | None = None,
 ) -> list[Completion]:
     """Greedy replies to several conversations in one left-padded batch (for evaluations).
 
     Each row stops at its own end-of-turn token; rows that finish early are padded until
     the longest is done, so a batch costs its longest reply.
     """
+    tool_lists = tools or [None] * len(conversations)
     prompts = [
-        list(
-            tokenizer.apply_chat_template(
-                [dict(message) for message in messages],
-                add_generation_prompt=True,
-                return_dict=True,
-            )["input_ids"]
-        )
-        for messages in conversations
+        _prompt_encoding(tokenizer, messages, tools_of)["input_ids"]
+        for messages, tools_of in zip(conversations, tool_lists, strict=True)
     ]
     eos_ids = _end_token_ids(model, tokenizer)
     pad_id = _pad_token_id(model, tokenizer, eos_ids) or 0

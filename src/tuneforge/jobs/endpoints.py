@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from tuneforge.auth.deps import PrincipalDep
+from tuneforge.bounds import MAX_ROW_ID, MAX_STEP, Offset
 from tuneforge.db.session import SessionDep
 from tuneforge.db.tables.jobs import JobStatus
 from tuneforge.errors import Conflict, InvalidInput, NotFound, Unauthorized, error_responses
@@ -39,7 +40,6 @@ from tuneforge.state import SessionFactoryDep, SettingsDep
 router = APIRouter(prefix="/fine-tuning/jobs", tags=["jobs"])
 
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size.")]
-Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
 
 _METADATA_FILTER_DOC = {
     "parameters": [
@@ -158,7 +158,9 @@ def list_events(
     job_id: str,
     principal: PrincipalDep,
     session: SessionDep,
-    after: Annotated[int | None, Query(ge=0, description="Events older than this id.")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_ROW_ID, description="Events older than this id.")
+    ] = None,
     limit: Limit = 20,
 ) -> EventPage:
     events, has_more = service.list_events(
@@ -180,8 +182,8 @@ def list_metrics(
     name: Annotated[
         list[str] | None, Query(description="Only these metrics, e.g. train_loss.")
     ] = None,
-    min_step: Annotated[int | None, Query(ge=0)] = None,
-    max_step: Annotated[int | None, Query(ge=0)] = None,
+    min_step: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
+    max_step: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> MetricPage:
     points, has_more = service.list_metrics(

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 from fastapi import status as http_status
 
 from tuneforge.auth.deps import PrincipalDep
+from tuneforge.bounds import Day, Offset
 from tuneforge.db.session import SessionDep
 from tuneforge.db.tables.models import ModelStatus
 from tuneforge.errors import Conflict, InvalidInput, NotFound, Unauthorized, error_responses
@@ -31,7 +31,6 @@ stats_router = APIRouter(prefix="/fine-tuning", tags=["stats"])
 checkpoint_router = APIRouter(prefix="/fine-tuning/jobs", tags=["models"])
 
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size.")]
-Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
 
 
 def _out(item: ModelWithAgents) -> ModelOut:
@@ -164,10 +163,10 @@ def model_usage(
     session: SessionDep,
     settings: SettingsDep,
     from_date: Annotated[
-        date | None, Query(alias="from", description="First day (UTC); default 29 days before to.")
+        Day | None, Query(alias="from", description="First day (UTC); default 29 days before to.")
     ] = None,
     to_date: Annotated[
-        date | None, Query(alias="to", description="Last day (UTC), inclusive; default today.")
+        Day | None, Query(alias="to", description="Last day (UTC), inclusive; default today.")
     ] = None,
     granularity: Annotated[Literal["day"], Query(description="Bucket size.")] = "day",
 ) -> ModelUsageReport:

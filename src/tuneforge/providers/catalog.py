@@ -20,9 +20,9 @@ DEFAULT_PROVIDER = LOCAL_PROVIDER
 
 
 _OPENAI_MODELS: tuple[BaseModelInfo, ...] = (
-    BaseModelInfo("gpt-4o-2024-08-06", OPENAI_PROVIDER, 65_536, "o200k_base"),
+    BaseModelInfo("gpt-4o-2024-08-06", OPENAI_PROVIDER, 65_536, "o200k_base", reads_images=True),
     BaseModelInfo("gpt-4o-mini-2024-07-18", OPENAI_PROVIDER, 65_536, "o200k_base"),
-    BaseModelInfo("gpt-4.1-2025-04-14", OPENAI_PROVIDER, 65_536, "o200k_base"),
+    BaseModelInfo("gpt-4.1-2025-04-14", OPENAI_PROVIDER, 65_536, "o200k_base", reads_images=True),
     BaseModelInfo("gpt-4.1-mini-2025-04-14", OPENAI_PROVIDER, 65_536, "o200k_base"),
     BaseModelInfo("gpt-4.1-nano-2025-04-14", OPENAI_PROVIDER, 65_536, "o200k_base"),
     BaseModelInfo("gpt-3.5-turbo-0125", OPENAI_PROVIDER, 16_385, "cl100k_base"),

@@ -131,6 +131,7 @@ class BaseModelInfo:
     tokenizer: str
     parameter_count: int | None = None
     local_path: Path | None = None
+    reads_images: bool = False  # whether fine-tuning takes image parts (vision fine-tuning)
 
     @property
     def has_own_tokenizer(self) -> bool:

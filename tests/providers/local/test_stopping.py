@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -55,18 +54,16 @@ def test_early_stopping_waits_patience_evaluations_without_a_real_improvement() 
     assert resolve_patience(0, has_holdout=True) == 0
 
 
-def test_auto_min_delta_is_a_share_of_what_the_run_gained() -> None:
+def test_on_auto_every_new_low_counts_and_only_a_plateau_stops() -> None:
     stopper = EarlyStopping(patience=2, min_delta=None)
     stopper.observe(0, 1.5)
-    stopper.observe(4, 0.5)  # gained 1.0: a real improvement must now beat 0.01
-    assert stopper.threshold() == pytest.approx(0.01)
-    assert not stopper.observe(8, 0.495).stop
-    assert stopper.observe(12, 0.492).stop
-    small_task = EarlyStopping(patience=2, min_delta=None)
-    small_task.observe(0, 0.02)
-    small_task.observe(4, 0.01)  # gained 0.01: an improvement of 0.0002 still counts
-    assert not small_task.observe(8, 0.0097).stop
-    assert not small_task.observe(12, 0.0094).stop
+    stopper.observe(4, 0.5)
+    assert stopper.threshold() == 0.0
+    for step, loss in ((8, 0.4999), (12, 0.4998), (16, 0.4997)):  # creeping: still learning
+        assert not stopper.observe(step, loss).stop
+    assert not stopper.observe(20, 0.4997).stop  # no new low: one evaluation
+    assert stopper.observe(24, 0.5).stop  # two: a plateau
+    assert (stopper.best_step, stopper.best_loss) == (16, 0.4997)
 
 
 def test_overfitting_is_flagged_once_when_valid_loss_rises_as_train_loss_falls() -> None:

@@ -20,6 +20,8 @@ class Agent(IdMixin, SoftDeleteMixin, Base):
     system_prompt: Mapped[str | None] = mapped_column(Text, default=None)
     model: Mapped[str] = mapped_column(String(200))
     provider: Mapped[str] = mapped_column(String(50))
+    # Function definitions (OpenAI's tool format) the agent's model may call in its chats.
+    tools: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType, default=None)
     fine_tuned_model_id: Mapped[str | None] = mapped_column(
         ForeignKey("fine_tuned_models.id", ondelete="SET NULL"), index=True, default=None
     )

@@ -2,13 +2,12 @@
 
 OpenAI's batch size of ~0.2% of the examples gives batch 1 below 750 examples: packing then
 has nothing to pack and every token pays a whole optimizer step. Locally, "auto" aims at a
-token budget per optimizer step instead (``STEP_TOKENS``, at most one micro-batch: the
-step's examples pack into one forward pass, none spilling into a nearly empty second),
-scales the learning rate with the square root of the batch (the
-gradient's noise falls with it), and sets the epochs so a run makes enough optimizer steps
-to learn from a small dataset while a large one is still seen a bounded number of times.
-Early stopping ends a run once held-out loss stops improving, so the epochs are an upper
-bound, not a cost. The figures behind these numbers are in ``docs/decisions.md``
+token budget per optimizer step instead (``STEP_TOKENS``, within one micro-batch: the
+step's examples pack into one forward pass), scales the learning rate linearly with the
+batch up to LoRA's high end (8e-4 at 8 examples), and sets the epochs so a run makes
+``MIN_AUTO_STEPS`` optimizer steps: a small dataset is seen many times, a large one once.
+Early stopping ends a run once held-out loss stops reaching new lows, so the epochs are
+an upper bound, not a cost. The figures behind these numbers are in ``docs/decisions.md``
 ("Auto for local LoRA runs") and ``benchmarks/auto_quality.py``.
 """
 
@@ -16,18 +15,14 @@ from __future__ import annotations
 
 import math
 
-from tuneforge.providers.contract import (
-    DatasetFigures,
-    ResolvedHyperparameters,
-    default_epochs,
-)
+from tuneforge.providers.contract import DatasetFigures, ResolvedHyperparameters
 from tuneforge.providers.local.jobdir import LocalHyperparameters
 
-STEP_TOKENS = 1024
+STEP_TOKENS = 768
 MAX_AUTO_BATCH = 64
-REFERENCE_BATCH = 4  # the batch whose learning rate is LoRA's usual 2e-4 (multiplier 1)
+REFERENCE_BATCH = 2  # the batch whose learning rate is LoRA's usual 2e-4 (multiplier 1)
 MAX_AUTO_LEARNING_RATE_MULTIPLIER = 4.0
-MIN_AUTO_STEPS = 40
+MIN_AUTO_STEPS = 60
 MAX_AUTO_EPOCHS = 10
 
 
@@ -41,13 +36,12 @@ def resolve_local(hp: LocalHyperparameters, figures: DatasetFigures) -> Resolved
         batch_size = max(1, min(by_tokens, MAX_AUTO_BATCH, examples))
     multiplier = hp.learning_rate_multiplier
     if not isinstance(multiplier, float):
-        scaled = math.sqrt(batch_size / REFERENCE_BATCH)
+        scaled = batch_size / REFERENCE_BATCH
         multiplier = round(min(MAX_AUTO_LEARNING_RATE_MULTIPLIER, max(1.0, scaled)), 3)
     n_epochs = hp.n_epochs
     if not isinstance(n_epochs, int):
         steps_per_epoch = math.ceil(examples / batch_size)
-        enough_steps = math.ceil(MIN_AUTO_STEPS / steps_per_epoch)
-        n_epochs = min(MAX_AUTO_EPOCHS, max(default_epochs(examples) or 1, enough_steps))
+        n_epochs = min(MAX_AUTO_EPOCHS, math.ceil(MIN_AUTO_STEPS / steps_per_epoch))
     return ResolvedHyperparameters(
         n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=multiplier
     )

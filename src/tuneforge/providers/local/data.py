@@ -5,7 +5,9 @@ text of assistant turns (with ``weight`` other than 0) is learned, including the
 template's end-of-turn marker so the model learns to stop. Each turn's span is found by
 rendering the conversation up to the turn with and without it; the text is then
 tokenized segment by segment so every token is wholly inside or outside a span, and the
-prompt part is tokenized exactly as inference will tokenize it.
+prompt part is tokenized exactly as inference will tokenize it. Tools and tool calls
+render through ``providers/chat_format.py``, as at inference, so a call is learned as the
+tokens the model will emit to make it.
 
 Packing (see ``plan_micro_batches``): a step's examples are laid, longest first, into
 rows of up to ``micro_batch_tokens`` (or the longest example, if longer), first fit, so
@@ -26,8 +28,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from tuneforge.providers.chat_format import chat_for_template
+
 IGNORE_INDEX = -100
-_ROLE_ALIASES = {"developer": "system", "function": "tool"}
 
 
 @dataclass(frozen=True)
@@ -92,9 +95,9 @@ def encode_dataset(
 def encode_chat_example(
     tokenizer: PreTrainedTokenizerBase, example: dict[str, Any], max_seq_length: int
 ) -> EncodedExample:
-    messages = [_template_message(m) for m in example["messages"]]
-    trained = [m["role"] == "assistant" and m.get("weight", 1) != 0 for m in example["messages"]]
-    tools = example.get("tools")
+    chat, tools = chat_for_template(tokenizer, example["messages"], example.get("tools"))
+    trained = [m["role"] == "assistant" and m.get("weight", 1) != 0 for m in chat]
+    messages = [{k: v for k, v in m.items() if k != "weight"} for m in chat]
     text = _render(tokenizer, messages, tools, generation_prompt=False)
     spans = _assistant_spans(tokenizer, messages, trained, tools, text)
     segments, learn = [], []
@@ -116,17 +119,6 @@ def encode_chat_example(
     ids, mask = ids[:max_seq_length], mask[:max_seq_length]
     targets = [ids[j + 1] if mask[j + 1] else IGNORE_INDEX for j in range(len(ids) - 1)]
     return EncodedExample(ids, [*targets, IGNORE_INDEX], truncated)
-
-
-def _template_message(message: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAI-format message as chat templates expect it: text content, known roles."""
-    out = {k: v for k, v in message.items() if k not in ("weight", "refusal")}
-    out["role"] = _ROLE_ALIASES.get(message["role"], message["role"])
-    content = message.get("content")
-    if isinstance(content, list):
-        content = "".join(part.get("text", "") for part in content)
-    out["content"] = content or message.get("refusal") or ""
-    return out
 
 
 def _render(

@@ -7,9 +7,8 @@ valid loss from step 0 on. ``EarlyStopping`` watches that loss:
 - the step with the lowest loss is the one the model is made from;
 - the run stops once ``patience`` evaluations in a row brought no real improvement: a fall
   of more than ``min_delta`` below the loss of the last real improvement. On auto,
-  ``min_delta`` is 1% of what the run has gained since step 0, so a loss that keeps
-  creeping towards zero after the task is learned stops the run (diminishing returns on
-  the scale of the run itself, whatever the task's loss level);
+  ``min_delta`` is 0: every new low counts, because held-out loss creeping down by a
+  hair is still exact replies being won (docs/decisions.md); the epochs bound the run;
 - it warns once when the loss climbs clearly above its best while the training loss
   keeps falling (overfitting).
 """
@@ -25,7 +24,6 @@ import torch
 MAX_HOLDOUT_EXAMPLES = 200
 MIN_TRAIN_EXAMPLES = 8  # below this nothing is held out: every example is needed to learn
 AUTO_PATIENCE = 3
-AUTO_MIN_DELTA_FRACTION = 0.01  # of the loss gained since step 0
 # Overfitting: valid loss this far above its best (relative and absolute), train loss lower.
 OVERFIT_RATIO = 1.1
 OVERFIT_MARGIN = 0.02
@@ -59,7 +57,7 @@ class Verdict:
 class EarlyStopping:
     """Tracks held-out loss across evaluations; its state rides in every checkpoint.
 
-    ``min_delta`` None means auto (a share of the loss gained so far)."""
+    ``min_delta`` None means auto: any new low is an improvement."""
 
     patience: int
     min_delta: float | None
@@ -80,10 +78,7 @@ class EarlyStopping:
 
     def threshold(self) -> float:
         """How far below the last real improvement the loss must fall to count."""
-        if self.min_delta is not None:
-            return self.min_delta
-        gained = (self.initial_loss or 0.0) - (self.best_loss or 0.0)
-        return AUTO_MIN_DELTA_FRACTION * max(0.0, gained)
+        return self.min_delta or 0.0
 
     def observe(self, step: int, valid_loss: float) -> Verdict:
         if self.initial_loss is None:

@@ -6,15 +6,16 @@ the dashboard needs them even though they are not fine-tuning objects themselves
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
 from tuneforge.agents import service as agents_service
 from tuneforge.agents.schemas import AgentCreate
 from tuneforge.auth.service import Principal
+from tuneforge.bounds import Offset
 from tuneforge.config import Settings
 from tuneforge.db.session import SessionDep
 from tuneforge.db.tables.models import ModelStatus
@@ -76,7 +77,7 @@ def agent_list(
     principal: WebPrincipal,
     session: SessionDep,
     settings: SettingsDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Response:
     return _list_page(request, principal, session, settings, offset=offset)
 
@@ -112,7 +113,7 @@ def agent_detail(
     request: Request,
     principal: WebPrincipal,
     session: SessionDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Response:
     org = principal.organization_id
     agent = agents_service.get_agent(session, org, agent_id)

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from starlette.datastructures import FormData
 
 from tuneforge.agents import service as agents_service
+from tuneforge.bounds import Offset, in_range_day
 from tuneforge.datasets import importers
 from tuneforge.datasets import service as datasets_service
 from tuneforge.datasets.schemas import ImportFilter, ImportRequest
@@ -35,7 +36,7 @@ def dataset_list(
     principal: WebPrincipal,
     session: SessionDep,
     status: Annotated[str, Query(max_length=20)] = "",
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Response:
     status_filter = choice(DatasetStatus, status)
     datasets, total = datasets_service.list_datasets(
@@ -79,9 +80,13 @@ def _day(form: FormData, name: str) -> date | None:
     if not value:
         return None
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError as exc:
         raise InvalidInput(f"{name}: {value!r} is not a date (YYYY-MM-DD)", field=name) from exc
+    try:
+        return in_range_day(day)
+    except ValueError as exc:
+        raise InvalidInput(f"{name}: {exc}", field=name) from exc
 
 
 def _import_filter_data(form: FormData) -> dict[str, Any]:
@@ -193,7 +198,7 @@ def dataset_examples(
     session: SessionDep,
     valid: Annotated[str, Query(max_length=5)] = "",
     split: Annotated[str, Query(max_length=20)] = "",
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Response:
     context = _examples_context(
         session,

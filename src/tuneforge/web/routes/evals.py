@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from tuneforge.auth.service import Principal
+from tuneforge.bounds import Offset
 from tuneforge.datasets import service as datasets_service
 from tuneforge.db.session import SessionDep
 from tuneforge.db.tables.evals import ACTIVE_EVAL_STATUSES, EvalRun
@@ -25,7 +26,6 @@ PAGE_SIZE = 20
 RESULTS_PAGE = 10
 BASE = "/dashboard/fine-tuning/evals"
 
-Offset = Annotated[int, Query(ge=0, le=1_000_000)]
 RegressionsOnly = Annotated[bool, Query()]
 
 

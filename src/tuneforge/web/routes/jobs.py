@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
 from tuneforge.auth.service import Principal
+from tuneforge.bounds import Offset
 from tuneforge.datasets import service as datasets_service
 from tuneforge.db.session import SessionDep
 from tuneforge.db.tables.datasets import FineTuningDataset
@@ -33,7 +34,6 @@ BASE = "/dashboard/fine-tuning/jobs"
 
 StatusFilter = Annotated[str, Query(max_length=20)]
 ProviderFilter = Annotated[str | None, Query(max_length=50)]
-Offset = Annotated[int, Query(ge=0)]
 
 
 def _rows_context(

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import Response
 
 from tuneforge.agents import service as agents_service
+from tuneforge.bounds import Offset
 from tuneforge.db.session import SessionDep
 from tuneforge.db.tables.models import ModelStatus
 from tuneforge.errors import InvalidInput
@@ -46,7 +47,7 @@ def model_list(
     principal: WebPrincipal,
     session: SessionDep,
     status: Annotated[str, Query(max_length=20)] = "",
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Response:
     org = principal.organization_id
     status_filter = choice(ModelStatus, status)

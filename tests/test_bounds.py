@@ -1,0 +1,129 @@
+"""Numbers and dates out of range are a 422 naming the field on every route, never a 500.
+
+Each case was a 500 before: an offset past 64 bits reached SQL, a date at the edge of
+datetime's range overflowed when converted to UTC or moved by a day, a seed past 64 bits
+reached torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.fixtures.api import Account
+from tests.fixtures.factories import Factories
+from tests.web.conftest import sign_in
+
+HUGE = 2**63
+EARLY = "0001-01-01T00:00:00+05:00"
+LATE = "9999-12-31T23:59:59-05:00"
+
+
+@dataclass
+class Ids:
+    agent: str
+    dataset: str
+    job: str
+    model: str
+
+
+@pytest.fixture
+def ids(factories: Factories, account: Account) -> Ids:
+    org = account.organization_id
+    model = factories.model(org)
+    return Ids(factories.agent(org).id, model.dataset_id or "", model.job_id, model.id)
+
+
+def api_cases(ids: Ids) -> list[tuple[str, str, dict | None, str]]:
+    """(method, path, JSON body, the field the error names)."""
+    lists = [
+        "/agents",
+        f"/agents/{ids.agent}/conversations",
+        "/fine-tuning/datasets",
+        f"/fine-tuning/datasets/{ids.dataset}/examples",
+        "/fine-tuning/jobs",
+        "/fine-tuning/models",
+        "/evals",
+    ]
+    window = {"agent_ids": [ids.agent]}
+    return [
+        *(("GET", f"{path}?offset={HUGE}", None, "offset") for path in lists),
+        ("GET", f"/fine-tuning/jobs/{ids.job}/events?after={HUGE}", None, "after"),
+        ("GET", f"/fine-tuning/jobs/{ids.job}/metrics?min_step={HUGE}", None, "min_step"),
+        ("GET", f"/fine-tuning/jobs/{ids.job}/metrics?max_step={HUGE}", None, "max_step"),
+        (
+            "GET",
+            f"/fine-tuning/models/{ids.model}/usage?from=9999-12-31&to=9999-12-31",
+            None,
+            "from",
+        ),
+        ("GET", f"/fine-tuning/models/{ids.model}/usage?to=0001-01-05", None, "to"),
+        ("GET", f"/agents/{ids.agent}/conversations?from={EARLY}", None, "from"),
+        ("GET", f"/agents/{ids.agent}/conversations?to={LATE}", None, "to"),
+        (
+            "POST",
+            f"/agents/{ids.agent}/conversations",
+            {"messages": [{"role": "user", "content": "hi"}], "started_at": EARLY},
+            "started_at",
+        ),
+        (
+            "POST",
+            "/fine-tuning/datasets/import/preview",
+            {**window, "started_from": LATE},
+            "started_from",
+        ),
+        (
+            "POST",
+            "/fine-tuning/datasets/import",
+            {**window, "name": "x", "started_to": EARLY},
+            "started_to",
+        ),
+    ]
+
+
+def test_out_of_range_numbers_and_dates_are_422s_naming_the_field(
+    client: TestClient, account: Account, ids: Ids
+) -> None:
+    for method, path, body, field in api_cases(ids):
+        response = client.request(method, path, json=body, headers=account.headers)
+        assert response.status_code == 422, (path, response.text)
+        assert field in response.text, (path, response.text)
+
+
+@pytest.mark.usefixtures("installed_tiny_model")
+@pytest.mark.parametrize("seed", [2**64, -1])
+def test_a_seed_out_of_range_is_an_openai_shaped_422(
+    client: TestClient, account: Account, seed: int
+) -> None:
+    response = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "smollm2-135m-instruct",
+            "messages": [{"role": "user", "content": "x"}],
+            "seed": seed,
+        },
+        headers=account.headers,
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == "seed"
+
+
+def test_dashboard_lists_and_forms_refuse_out_of_range_input(
+    client: TestClient, account: Account, ids: Ids
+) -> None:
+    dashboard = sign_in(client, account)
+    for path in (
+        "/dashboard/fine-tuning/datasets",
+        "/dashboard/fine-tuning/jobs",
+        "/dashboard/fine-tuning/models",
+        "/dashboard/fine-tuning/evals",
+        "/dashboard/agents",
+        f"/dashboard/fine-tuning/datasets/{ids.dataset}/examples",
+    ):
+        assert dashboard.get(f"{path}?offset={HUGE}").status_code == 422, path
+    imported = dashboard.htmx(
+        "/dashboard/fine-tuning/datasets/import", {"name": "x", "to": "9999-12-31"}
+    )
+    assert imported.status_code == 422 and "to" in imported.text
