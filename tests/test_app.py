@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -8,9 +9,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from tests.fixtures.files import valid_jsonl
 from tuneforge.app import ABANDONED_UPLOAD_SECONDS, create_app
 from tuneforge.config import Settings
 from tuneforge.datasets.storage import TEMP_PREFIX
+from tuneforge.db.migrate import upgrade_to_head
 from tuneforge.errors import ServiceUnavailable
 
 
@@ -91,3 +94,33 @@ def test_the_favicon_is_an_icon(client: TestClient) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/x-icon"
     assert response.content[:4] == b"\x00\x00\x01\x00"
+
+
+def test_the_data_dir_and_everything_in_it_are_private_to_the_user(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", embedded_worker=False)
+    settings.ensure_data_dir()
+    upgrade_to_head(settings.resolved_database_url)  # what `tuneforge migrate` does
+    with TestClient(create_app(settings)) as client:
+        token = client.post(
+            "/auth/register",
+            json={
+                "email": "private@example.com",
+                "password": "correct horse battery",
+                "name": "P",
+                "organization_name": "P",
+            },
+        ).json()["access_token"]
+        uploaded = client.post(
+            "/fine-tuning/datasets",
+            headers={"Authorization": f"Bearer {token}"},
+            files={"file": ("a.jsonl", valid_jsonl(3))},
+            data={"name": "a"},
+        )
+        assert uploaded.status_code == 201, uploaded.text
+    data = settings.data_dir
+    files = [data / "tuneforge.db", data / "jwt_secret", *settings.uploads_dir.iterdir()]
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE(settings.uploads_dir.stat().st_mode) == 0o700
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in files} == {
+        path.name: 0o600 for path in files
+    }

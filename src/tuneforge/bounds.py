@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 from typing import Annotated
 
 from fastapi import Query
-from pydantic import AfterValidator
+from pydantic import AfterValidator, StringConstraints
 
 MAX_OFFSET = 1_000_000
 MAX_STEP = 2**31 - 1  # steps are 32-bit integer columns
@@ -32,3 +32,17 @@ def utc_moment(value: datetime) -> datetime:
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip.")]
 Day = Annotated[date, AfterValidator(in_range_day)]
 UTCDatetime = Annotated[datetime, AfterValidator(utc_moment)]
+
+
+def no_nul(value: str) -> str:
+    """PostgreSQL cannot store NUL in text; refuse it rather than fail on insert."""
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(no_nul),
+]

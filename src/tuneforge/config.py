@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +19,9 @@ DEFAULT_PRICES_PER_MILLION_TRAINING_TOKENS: dict[str, float] = {
     "gpt-4.1-nano-2025-04-14": 1.5,
     "gpt-3.5-turbo-0125": 8.0,
 }
+
+
+PRIVATE_UMASK = 0o077  # files 0600, directories 0700
 
 
 class Settings(BaseSettings):
@@ -63,17 +68,25 @@ class Settings(BaseSettings):
         return self.data_dir / "models"
 
     def ensure_data_dir(self) -> None:
-        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        """Create the data dir, private to this user, and make every file and directory the
+        process creates from now on private too (the database, uploads, job directories,
+        adapters): they hold users' data and the signing key."""
+        os.umask(PRIVATE_UMASK)
+        for directory in (self.data_dir, self.uploads_dir):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def signing_key(self) -> str:
         """The configured JWT secret, or one generated once and kept in the data dir."""
         if self.jwt_secret:
             return self.jwt_secret
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         key_file = self.data_dir / "jwt_secret"
         if not key_file.exists():
-            key_file.write_text(secrets.token_urlsafe(48))
-            key_file.chmod(0o600)
+            # Created 0600 from the start: never readable by others, not even for a moment.
+            with contextlib.suppress(FileExistsError):
+                descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(descriptor, "w") as handle:
+                    handle.write(secrets.token_urlsafe(48))
         self.jwt_secret = key_file.read_text().strip()
         return self.jwt_secret
 

@@ -340,3 +340,44 @@ def test_a_body_nested_too_deep_to_parse_is_a_400_in_the_error_shape(
     assert response.status_code in (400, 422), response.text
     body = response.json()
     assert body["detail"] and "error" in body
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"password": "aaaaaaaa"}, "password"),
+        ({"password": "        "}, "password"),
+        ({"password": "12121212"}, "password"),
+        ({"name": " "}, "name"),
+        ({"organization_name": "\t"}, "organization_name"),
+        ({"organization_name": "Acme\x00"}, "organization_name"),
+    ],
+)
+def test_weak_passwords_and_blank_names_are_refused(
+    client: TestClient, fields: dict[str, str], field: str
+) -> None:
+    body = {
+        "email": "new@example.com",
+        "password": "correct horse battery",
+        "name": "New",
+        "organization_name": "New Org",
+        **fields,
+    }
+    response = client.post("/auth/register", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["fields"][0]["field"] == f"body.{field}"
+
+
+def test_an_api_key_cannot_manage_api_keys(client: TestClient, account: Account) -> None:
+    created = client.post("/auth/api-keys", json={"name": "leaky"}, headers=account.headers)
+    key = created.json()
+    as_key = {"Authorization": f"Bearer {key['key']}"}
+
+    assert client.get("/auth/me", headers=as_key).status_code == 200  # it works otherwise
+    minted = client.post("/auth/api-keys", json={"name": "spare"}, headers=as_key)
+    assert minted.status_code == 403 and "API key" in minted.json()["detail"]
+    assert client.get("/auth/api-keys", headers=as_key).status_code == 403
+    assert client.delete(f"/auth/api-keys/{key['id']}", headers=as_key).status_code == 403
+    revoked = client.delete(f"/auth/api-keys/{key['id']}", headers=account.headers)
+    assert revoked.status_code == 200
+    assert client.get("/auth/me", headers=as_key).status_code == 401

@@ -17,7 +17,7 @@ from tuneforge.auth.schemas import (
     UserOut,
 )
 from tuneforge.db.session import SessionDep
-from tuneforge.errors import Conflict, NotFound, Unauthorized, error_responses
+from tuneforge.errors import Conflict, Forbidden, NotFound, Unauthorized, error_responses
 from tuneforge.state import SettingsDep
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -70,11 +70,12 @@ def me(principal: PrincipalDep) -> MeResponse:
     summary="Create an API key (the full key is returned only this once)",
     status_code=status.HTTP_201_CREATED,
     response_model=ApiKeyCreated,
-    responses=error_responses(Unauthorized),
+    responses=error_responses(Unauthorized, Forbidden),
 )
 def create_api_key(
     body: ApiKeyCreate, principal: PrincipalDep, session: SessionDep
 ) -> ApiKeyCreated:
+    principal.require_signed_in_user("Creating an API key")
     api_key, key = service.create_api_key(
         session, principal.organization_id, principal.user_id, body
     )
@@ -85,9 +86,10 @@ def create_api_key(
     "/api-keys",
     summary="List the organization's API keys (prefixes only)",
     response_model=list[ApiKeyOut],
-    responses=error_responses(Unauthorized),
+    responses=error_responses(Unauthorized, Forbidden),
 )
 def list_api_keys(principal: PrincipalDep, session: SessionDep) -> list[ApiKeyOut]:
+    principal.require_signed_in_user("Listing API keys")
     return [
         ApiKeyOut.model_validate(k)
         for k in service.list_api_keys(session, principal.organization_id)
@@ -98,7 +100,7 @@ def list_api_keys(principal: PrincipalDep, session: SessionDep) -> list[ApiKeyOu
     "/api-keys/{api_key_id}",
     summary="Revoke an API key",
     response_model=ApiKeyOut,
-    responses=error_responses(Unauthorized, NotFound),
+    responses=error_responses(Unauthorized, Forbidden, NotFound),
 )
 def revoke_api_key(
     api_key_id: str,
@@ -107,6 +109,7 @@ def revoke_api_key(
     principals: PrincipalCacheDep,
     after_commit: BackgroundTasks,
 ) -> ApiKeyOut:
+    principal.require_signed_in_user("Revoking an API key")
     """Evicts the key from this process's credential cache now, and again once the
     revocation is committed: a request in between would have cached it afresh."""
     api_key = service.revoke_api_key(session, principal.organization_id, api_key_id)

@@ -1,22 +1,41 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
 
+from tuneforge.bounds import Name
 from tuneforge.db.tables.auth import Role
+
+MIN_PASSWORD_LENGTH = 8
+MIN_DISTINCT_CHARACTERS = 5
+
+
+def strong_enough(password: str) -> str:
+    """A length-and-variety rule (docs/decisions.md): eight characters or more, not blank,
+    and at least five different ones, which turns away "aaaaaaaa" and "12121212"."""
+    if not password.strip():
+        raise ValueError("must not be blank")
+    if len(set(password)) < MIN_DISTINCT_CHARACTERS:
+        raise ValueError(f"needs at least {MIN_DISTINCT_CHARACTERS} different characters")
+    return password
 
 
 class RegisterRequest(BaseModel):
     email: EmailStr
-    password: str = Field(min_length=8, max_length=200)
-    name: str = Field(min_length=1, max_length=200)
-    organization_name: str = Field(min_length=1, max_length=200)
+    password: Annotated[
+        str,
+        Field(min_length=MIN_PASSWORD_LENGTH, max_length=200),
+        AfterValidator(strong_enough),
+    ]
+    name: Name
+    organization_name: Name
 
 
 class LoginRequest(BaseModel):
     email: EmailStr
-    password: str
+    password: str = Field(max_length=200)
 
 
 class TokenResponse(BaseModel):

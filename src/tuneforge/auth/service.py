@@ -24,7 +24,7 @@ from tuneforge.config import Settings
 from tuneforge.db.base import utcnow
 from tuneforge.db.scoping import get_owned
 from tuneforge.db.tables.auth import ApiKey, Membership, Organization, Role, User
-from tuneforge.errors import Conflict, Unauthorized
+from tuneforge.errors import Conflict, Forbidden, Unauthorized
 
 # Writing last_used_at on every call would make each read a write that row-locks the key.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -55,6 +55,7 @@ class Principal:
     organization: CallingOrganization
     role: Role
     expires_at: datetime | None = None  # a JWT's expiry; an API key lasts until revoked
+    by_api_key: bool = False
 
     @property
     def organization_id(self) -> str:
@@ -64,8 +65,19 @@ class Principal:
     def user_id(self) -> str:
         return self.user.id
 
+    def require_signed_in_user(self, action: str) -> None:
+        """Refuse an API key: a leaked key must not mint its own replacements."""
+        if self.by_api_key:
+            raise Forbidden(f"{action} needs a signed-in user (a login token), not an API key")
+
     @classmethod
-    def of(cls, access: repository.Access, expires_at: datetime | None = None) -> Principal:
+    def of(
+        cls,
+        access: repository.Access,
+        expires_at: datetime | None = None,
+        *,
+        by_api_key: bool = False,
+    ) -> Principal:
         user, organization = access.user, access.organization
         return cls(
             user=CallingUser(
@@ -74,6 +86,7 @@ class Principal:
             organization=CallingOrganization(id=organization.id, name=organization.name),
             role=access.role,
             expires_at=expires_at,
+            by_api_key=by_api_key,
         )
 
 
@@ -137,7 +150,7 @@ def authenticate(session: Session, bearer: str, settings: Settings) -> Principal
         expires_at = claims.expires_at
     if access is None:
         raise Unauthorized("Credentials no longer grant access")
-    return Principal.of(access, expires_at)
+    return Principal.of(access, expires_at, by_api_key=bearer.startswith(API_KEY_PREFIX))
 
 
 def create_api_key(

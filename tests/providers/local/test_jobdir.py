@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tuneforge.config import Settings
 from tuneforge.errors import InvalidInput
 from tuneforge.providers.local.jobdir import ProgressLog, parse_local_hyperparameters, read_events
+from tuneforge.providers.local.provider import LocalProvider
 
 
 def test_event_ids_continue_across_writers_and_a_torn_line_is_dropped(tmp_path: Path) -> None:
@@ -44,3 +47,26 @@ def test_hyperparameters_accept_auto_and_name_the_bad_field() -> None:
         parse_local_hyperparameters({"lora_rank": 4})
     with pytest.raises(InvalidInput, match="warmup_ratio"):
         parse_local_hyperparameters({"warmup_ratio": 2})
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "field"),
+    [
+        ({"num_processes": 64}, "hyperparameters.num_processes"),
+        ({"micro_batch_tokens": 10**12}, "hyperparameters.micro_batch_tokens"),
+        ({"eval_every_steps": 10**18}, "hyperparameters.eval_every_steps"),
+        ({"checkpoint_every_steps": 10**18}, "hyperparameters.checkpoint_every_steps"),
+        ({"lora_alpha": 1e300}, "hyperparameters.lora_alpha"),
+        ({"lora_alpha": float("inf")}, "hyperparameters.lora_alpha"),
+        ({"max_seq_length": 10**9}, "hyperparameters.max_seq_length"),
+        ({"target_modules": [f"proj_{i}" for i in range(1000)]}, "hyperparameters.target_modules"),
+        ({"target_modules": ["q_proj; rm -rf /"]}, "hyperparameters.target_modules.0"),
+    ],
+)
+def test_local_hyperparameters_out_of_bounds_are_refused_naming_the_field(
+    tmp_path: Path, hyperparameters: dict[str, Any], field: str
+) -> None:
+    provider = LocalProvider(Settings(data_dir=tmp_path))
+    with pytest.raises(InvalidInput) as refused:
+        provider.check_hyperparameters(hyperparameters)
+    assert refused.value.extra["field"] == field

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, StringConstraints, ValidationError
 
 from tuneforge.config import Settings
 from tuneforge.errors import InvalidInput
@@ -28,29 +28,39 @@ TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"}
 INFO_FILE = "checkpoint.json"
 ADAPTER_DIR = "adapter"
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_TARGET_MODULES = 64
+MAX_TOKENS_PER_PASS = 1_048_576
+MAX_STEPS = 10_000_000
+ModuleName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\w.]+$")]
 
 
 class LocalHyperparameters(Hyperparameters):
     """The shared OpenAI-style knobs plus what LoRA training on this machine needs."""
 
     lora_r: int = Field(default=16, ge=1, le=1024)
-    lora_alpha: float = Field(default=32.0, gt=0)
+    lora_alpha: float = Field(default=32.0, gt=0, le=4096, allow_inf_nan=False)
     lora_dropout: float = Field(
         default=0.0,
         ge=0,
         lt=1,
         description="Off by default: on CPU its random masks cost ~10% of each step.",
     )
-    target_modules: list[str] | None = Field(
-        default=None, description="Module names to adapt; default: every linear projection."
+    target_modules: list[ModuleName] | None = Field(
+        default=None,
+        max_length=MAX_TARGET_MODULES,
+        description="Module names to adapt; default: every linear projection.",
     )
     max_seq_length: int | None = Field(
-        default=None, ge=16, description="Tokens per example; default: the model's context."
+        default=None,
+        ge=16,
+        le=MAX_TOKENS_PER_PASS,
+        description="Tokens per example; default: the model's context.",
     )
     warmup_ratio: float = Field(default=0.03, ge=0, le=0.5)
     eval_every_steps: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_STEPS,
         description="Steps between held-out evaluations; default: about every "
         "EVAL_EVERY_TOKENS trained tokens, at least 10 times a run.",
     )
@@ -69,14 +79,15 @@ class LocalHyperparameters(Hyperparameters):
     early_stopping_min_delta: Auto | Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = (
         Field(
             default=AUTO,
-            description='How far valid loss must fall to count as an improvement; "auto" is 1% '
-            "of what the run has gained since step 0.",
+            description='How far valid loss must fall to count as an improvement; "auto" is 0: '
+            "every new low counts.",
         )
     )
-    checkpoint_every_steps: int | None = Field(default=None, ge=1)
+    checkpoint_every_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
     micro_batch_tokens: int = Field(
         default=1024,
         ge=64,
+        le=MAX_TOKENS_PER_PASS,
         description="Tokens per forward pass (at least one example); bounds activation memory.",
     )
     num_processes: int = Field(default=1, ge=1, le=64)

@@ -133,7 +133,14 @@ class LocalProvider:
             raise ModelUnavailable(f"{model_reference!r} is not a local fine-tuned model") from exc
 
     def check_hyperparameters(self, requested: dict[str, Any]) -> None:
-        parse_local_hyperparameters(requested)
+        hyperparameters = parse_local_hyperparameters(requested)
+        devices = _training_devices()
+        if hyperparameters.num_processes > devices:
+            raise InvalidInput(
+                f"hyperparameters.num_processes: {hyperparameters.num_processes} processes, but "
+                f"this machine trains on {devices} device{'s' if devices != 1 else ''}",
+                field="hyperparameters.num_processes",
+            )
 
     def resolve_hyperparameters(
         self, requested: dict[str, Any], figures: DatasetFigures
@@ -345,6 +352,13 @@ class LocalProvider:
             error_code=code,
             error_message=message or "Training failed",
         )
+
+
+def _training_devices() -> int:
+    """GPUs when there are any, else CPU cores: one training process each at most."""
+    import torch  # the API process has it loaded already, for inference
+
+    return torch.cuda.device_count() or os.cpu_count() or 1
 
 
 def _trained_on(adapter: Path) -> Path | None:
