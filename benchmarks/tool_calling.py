@@ -83,11 +83,14 @@ TOOLS = [
         },
     ),
 ]
+NAMES = ["Anna", "Ben", "Chloe", "Omar", "Mia", "Kenji", "Lea", "Sam", "Ivy", "Noah", "Rita"]
 CHATTER = [
-    ("Thanks, that is all!", "You're welcome! Have a nice day."),
-    ("Hello there", "Hello! How can I help you today?"),
-    ("What can you do?", "I can track or cancel orders, book tables and convert money."),
-    ("Who are you?", "I am the shop's assistant."),
+    ("Thanks, that is all! - {name}", "You're welcome, {name}! Have a nice day."),
+    ("Hello there, I am {name}", "Hello {name}! How can I help you today?"),
+    (
+        "What can you do for me? ({name})",
+        "I can track or cancel orders, book tables and convert money.",
+    ),
 ]
 
 
@@ -121,7 +124,8 @@ def _request(rng: random.Random) -> tuple[str, dict[str, Any] | None, str | None
         }
         return f"How much is {amount} {source} in {target}?", call, None
     prompt, reply = rng.choice(CHATTER)
-    return prompt, None, reply
+    name = rng.choice(NAMES)
+    return prompt.format(name=name), None, reply.format(name=name)
 
 
 def examples(count: int, seed: int) -> list[dict[str, Any]]:

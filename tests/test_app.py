@@ -124,3 +124,18 @@ def test_the_data_dir_and_everything_in_it_are_private_to_the_user(tmp_path: Pat
     assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in files} == {
         path.name: 0o600 for path in files
     }
+
+
+def test_the_openapi_document_declares_the_error_shapes_the_api_returns(
+    client: TestClient,
+) -> None:
+    schema = client.get("/api/openapi.json").json()
+    components = schema["components"]["schemas"]
+    assert "HTTPValidationError" not in components
+    assert set(components["ValidationErrorBody"]["properties"]) >= {"error", "detail", "fields"}
+    agents = schema["paths"]["/agents"]["post"]["responses"]["422"]
+    assert agents["content"]["application/json"]["schema"]["$ref"].endswith("/ValidationErrorBody")
+    v1 = schema["paths"]["/v1/chat/completions"]["post"]["responses"]["422"]
+    assert v1["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIErrorBody")
+    refs = str(schema)
+    assert "HTTPValidationError" not in refs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +28,7 @@ from tuneforge.db.session import SessionDep, session_slots
 from tuneforge.errors import (
     ServiceUnavailable,
     TuneForgeError,
+    ValidationErrorBody,
     error_responses,
     http_error_code,
 )
@@ -34,6 +36,7 @@ from tuneforge.evals.endpoints import router as evals_router
 from tuneforge.inference.calls import InferenceRuntime
 from tuneforge.inference.endpoints import agent_chat_router, openai_router
 from tuneforge.inference.engine import InferenceEngine
+from tuneforge.inference.schemas import OpenAIErrorBody
 from tuneforge.jobs.endpoints import router as jobs_router
 from tuneforge.models.endpoints import checkpoint_router, stats_router
 from tuneforge.models.endpoints import router as models_router
@@ -116,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state = state
     install_error_handler(app)
     install_dashboard_error_pages(app)
+    document_error_shapes(app)
     app.add_middleware(SecurityHeaders)
     if settings.cors_origins:
         app.add_middleware(
@@ -161,6 +165,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(openai_router)
     return app
+
+
+def document_error_shapes(app: FastAPI) -> None:
+    """FastAPI documents every 422 as its own ``HTTPValidationError``; ours are
+    ``ValidationErrorBody`` (OpenAI's error shape under ``/v1``), as the handlers render."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ValidationErrorBody, OpenAIErrorBody):
+            if model.__name__ not in components:
+                definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(definition.pop("$defs", {}))
+                components[model.__name__] = definition
+        for path, operations in schema.get("paths", {}).items():
+            body = OpenAIErrorBody if path.startswith("/v1/") else ValidationErrorBody
+            for operation in operations.values():
+                response = operation.get("responses", {}).get("422")
+                if response is not None:
+                    ref = {"$ref": f"#/components/schemas/{body.__name__}"}
+                    response["content"] = {"application/json": {"schema": ref}}
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install_error_handler(app: FastAPI) -> None:

@@ -82,10 +82,26 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ValidationErrorBody(ErrorBody):
+    """A 422: the request's body or parameters did not validate; ``fields`` (or ``field``,
+    from a service's own checks) names what to fix."""
+
+    fields: list[FieldError] | None = None
+    field: str | None = None
+
+
 def error_responses(*errors: type[TuneForgeError]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries for the errors an endpoint can raise."""
     return {
-        err.status_code: {"model": ErrorBody, "description": err.error.replace("_", " ")}
+        err.status_code: {
+            "model": ValidationErrorBody if err.status_code == 422 else ErrorBody,
+            "description": err.error.replace("_", " "),
+        }
         for err in errors
     }
 
