@@ -7,6 +7,7 @@ reached torch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -15,6 +16,8 @@ from fastapi.testclient import TestClient
 from tests.fixtures.api import Account
 from tests.fixtures.factories import Factories
 from tests.web.conftest import sign_in
+from tuneforge.app import create_app
+from tuneforge.config import Settings
 
 HUGE = 2**63
 EARLY = "0001-01-01T00:00:00+05:00"
@@ -127,3 +130,58 @@ def test_dashboard_lists_and_forms_refuse_out_of_range_input(
         "/dashboard/fine-tuning/datasets/import", {"name": "x", "to": "9999-12-31"}
     )
     assert imported.status_code == 422 and "to" in imported.text
+
+
+def test_json_bodies_over_the_limit_are_413s_before_anything_reads_them(
+    settings: Settings, account: Account
+) -> None:
+    small = settings.model_copy(update={"json_body_limit_bytes": 2_000})
+    with TestClient(create_app(small)) as client:
+        big = {"name": "x" * 3_000, "model": "smollm2-135m-instruct"}
+        declared = client.post("/agents", json=big, headers=account.headers)
+        assert declared.status_code == 413, declared.text
+        assert declared.json()["error"] == "payload_too_large"
+        openai_shaped = client.post("/v1/chat/completions", json=big, headers=account.headers)
+        assert openai_shaped.status_code == 413
+        assert openai_shaped.json()["error"]["code"] == "payload_too_large"
+
+        def chunks() -> Iterator[bytes]:
+            yield b'{"name": "'
+            yield b"y" * 3_000
+            yield b'", "model": "smollm2-135m-instruct"}'
+
+        chunked = client.post(
+            "/agents",
+            content=chunks(),
+            headers={**account.headers, "Content-Type": "application/json"},
+        )
+        assert chunked.status_code == 413, chunked.text
+        fits = client.post(
+            "/agents",
+            json={"name": "ok", "model": "smollm2-135m-instruct"},
+            headers=account.headers,
+        )
+        assert fits.status_code == 201, fits.text
+
+
+def test_messages_are_capped_in_characters(client: TestClient, account: Account, ids: Ids) -> None:
+    long = {"role": "user", "content": "x" * 200_001}
+    logged = client.post(
+        f"/agents/{ids.agent}/conversations", json={"messages": [long]}, headers=account.headers
+    )
+    assert logged.status_code == 422 and "content" in logged.text
+
+
+@pytest.mark.usefixtures("installed_tiny_model")
+def test_a_prompt_far_past_the_context_is_refused_before_tokenizing(
+    client: TestClient, account: Account
+) -> None:
+    messages = [{"role": "user", "content": "word " * 30_000} for _ in range(20)]
+    response = client.post(
+        "/v1/chat/completions",
+        json={"model": "smollm2-135m-instruct", "messages": messages, "max_tokens": 1},
+        headers=account.headers,
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == "messages"
+    assert "characters" in response.json()["error"]["message"]  # refused before tokenizing

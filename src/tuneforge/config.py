@@ -41,6 +41,8 @@ class Settings(BaseSettings):
         "removed membership or deactivated user takes effect within this time. 0 disables.",
     )
     upload_limit_bytes: int = 100 * 1024 * 1024
+    # Every JSON request body (chat, conversations, imports); uploads have their own limit.
+    json_body_limit_bytes: int = 4 * 1024 * 1024
     polling_interval_seconds: float = 60.0
     cors_origins: list[str] = []
     embedded_worker: bool = True

@@ -62,6 +62,7 @@ class ToolDefinition(BaseModel):
 
 
 MAX_AGENT_TOOLS = 128
+MAX_MESSAGE_CHARACTERS = 200_000
 
 
 class AgentCreate(BaseModel):
@@ -152,7 +153,7 @@ class MessageIn(BaseModel):
     """One chat message in OpenAI's format, so logged conversations import as training data."""
 
     role: MessageRole
-    content: str | None = None
+    content: str | None = Field(default=None, max_length=MAX_MESSAGE_CHARACTERS)
     name: str | None = Field(default=None, min_length=1, max_length=100)
     tool_calls: list[ToolCall] | None = Field(default=None, min_length=1)
     tool_call_id: str | None = Field(default=None, min_length=1, max_length=100)

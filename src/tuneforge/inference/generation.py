@@ -9,6 +9,7 @@ back text that might be the start of one, so a client never sees part of a stop 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ NEUTRAL_SAMPLING: dict[str, Any] = {
     "top_k": 50,
 }
 ChatMessages = Sequence[Mapping[str, Any]]
+MAX_CHARACTERS_PER_TOKEN = 16
 Tools = list[dict[str, Any]] | None
 
 
@@ -153,6 +155,22 @@ def _room_for_reply(model: PreTrainedModel, prompt_length: int, max_tokens: int)
     return min(max_tokens, context - prompt_length)
 
 
+def _check_prompt_characters(model: PreTrainedModel, messages: ChatMessages, tools: Tools) -> None:
+    """Refuse a prompt that cannot fit before tokenizing it: a token is rarely more than
+    ``MAX_CHARACTERS_PER_TOKEN`` characters, and tokenizing megabytes takes seconds."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    if not isinstance(context, int):
+        return
+    size = sum(len(str(message.get("content") or "")) for message in messages)
+    size += len(json.dumps(tools)) if tools else 0
+    if size > context * MAX_CHARACTERS_PER_TOKEN:
+        raise InvalidInput(
+            f"messages: the prompt is {size} characters; this model's context holds "
+            f"{context} tokens",
+            field="messages",
+        )
+
+
 def _prompt_encoding(
     tokenizer: PreTrainedTokenizerBase, messages: ChatMessages, tools: Tools
 ) -> dict[str, list[int]]:
@@ -176,6 +194,7 @@ def generate_reply(
 ) -> Completion:
     """One reply to ``messages`` (and ``tools``), rendered as training renders them; one
     thread at a time."""
+    _check_prompt_characters(model, messages, tools)
     inputs = {
         key: torch.tensor([value], device=model.device)
         for key, value in _prompt_encoding(tokenizer, messages, tools).items()

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tuneforge.agents.schemas import MessageIn, ToolDefinition
+from tuneforge.agents.schemas import MAX_MESSAGE_CHARACTERS, MessageIn, ToolDefinition
 
 MAX_MESSAGES = 1_000
 MAX_TOKENS_LIMIT = 4_096
@@ -69,7 +69,7 @@ class AgentChatResponse(BaseModel):
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: str = Field(max_length=MAX_MESSAGE_CHARACTERS)
 
 
 class FunctionCall(BaseModel):
@@ -90,7 +90,7 @@ class OpenAIMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[TextPart] | None = Field(default=None, max_length=MAX_MESSAGE_CHARACTERS)
     name: str | None = Field(default=None, max_length=200)
     tool_calls: list[ToolCallOut] | None = Field(default=None, max_length=MAX_TOOL_CALLS)
     tool_call_id: str | None = Field(default=None, max_length=200)
