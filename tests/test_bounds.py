@@ -18,6 +18,7 @@ from tests.fixtures.factories import Factories
 from tests.web.conftest import sign_in
 from tuneforge.app import create_app
 from tuneforge.config import Settings
+from tuneforge.inference.calls import InferenceRuntime
 
 HUGE = 2**63
 EARLY = "0001-01-01T00:00:00+05:00"
@@ -185,3 +186,35 @@ def test_a_prompt_far_past_the_context_is_refused_before_tokenizing(
     assert response.status_code == 422, response.text
     assert response.json()["error"]["param"] == "messages"
     assert "characters" in response.json()["error"]["message"]  # refused before tokenizing
+
+
+@pytest.mark.usefixtures("installed_tiny_model")
+def test_an_organization_past_its_concurrent_generations_gets_429_with_retry_after(
+    settings: Settings, account: Account, other_account: Account
+) -> None:
+    one_at_a_time = settings.model_copy(update={"inference_concurrency_per_organization": 1})
+    ask = {
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 2,
+    }
+    app = create_app(one_at_a_time)
+    with TestClient(app) as client:
+        slots = app.state.shared(InferenceRuntime).slots
+        release = slots.take(account.organization_id)  # a generation already running
+        refused = client.post("/v1/chat/completions", json=ask, headers=account.headers)
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["Retry-After"] == "2"
+        assert refused.json()["error"]["code"] == "rate_limited"
+        streamed = client.post(
+            "/v1/chat/completions", json={**ask, "stream": True}, headers=account.headers
+        )
+        assert streamed.status_code == 429
+        others = client.post("/v1/chat/completions", json=ask, headers=other_account.headers)
+        assert others.status_code == 200, others.text  # the limit is per organization
+        release()
+        for stream in (True, False, True):  # each call gives its slot back when it ends
+            done = client.post(
+                "/v1/chat/completions", json={**ask, "stream": stream}, headers=account.headers
+            )
+            assert done.status_code == 200, done.text

@@ -33,7 +33,7 @@ from tuneforge.errors import (
     http_error_code,
 )
 from tuneforge.evals.endpoints import router as evals_router
-from tuneforge.inference.calls import InferenceRuntime
+from tuneforge.inference.calls import GenerationSlots, InferenceRuntime
 from tuneforge.inference.endpoints import agent_chat_router, openai_router
 from tuneforge.inference.engine import InferenceEngine
 from tuneforge.inference.schemas import OpenAIErrorBody
@@ -79,6 +79,7 @@ def build_state(settings: Settings, engine: Engine) -> AppState:
                 settings=settings,
                 engine=InferenceEngine(settings.inference_cache_bytes),
                 session_factory=session_factory,
+                slots=GenerationSlots(settings.inference_concurrency_per_organization),
             ),
         ],
     )

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     upload_limit_bytes: int = 100 * 1024 * 1024
     # Every JSON request body (chat, conversations, imports); uploads have their own limit.
     json_body_limit_bytes: int = 4 * 1024 * 1024
+    # Generations one organization may run at once in a process; more are 429s.
+    inference_concurrency_per_organization: int = Field(default=2, ge=1)
     polling_interval_seconds: float = 60.0
     cors_origins: list[str] = []
     embedded_worker: bool = True

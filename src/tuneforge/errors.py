@@ -70,6 +70,17 @@ class UnsupportedMediaType(TuneForgeError):
     error = "unsupported_media_type"
 
 
+class TooManyRequests(TuneForgeError):
+    """Come back later: ``Retry-After`` says when."""
+
+    status_code = 429
+    error = "rate_limited"
+
+    def __init__(self, detail: str, *, retry_after: int, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class ServiceUnavailable(TuneForgeError):
     status_code = 503
     error = "service_unavailable"

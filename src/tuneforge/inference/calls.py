@@ -7,6 +7,7 @@ written in a unit of work of its own, since the error being raised rolls back an
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.config import Settings
 from tuneforge.db.engine import unit_of_work
-from tuneforge.errors import TuneForgeError
+from tuneforge.errors import TooManyRequests, TuneForgeError
 from tuneforge.inference.engine import InferenceEngine
 from tuneforge.inference.generation import Completion, CompletionStream
 from tuneforge.inference.schemas import Usage
@@ -28,6 +29,44 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class GenerationSlots:
+    """At most ``limit`` generations per organization at once in this process, so one
+    organization's long replies cannot hold every CPU while others wait."""
+
+    RETRY_AFTER_SECONDS = 2
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._busy: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, organization_id: str) -> Callable[[], None]:
+        """A slot, or a 429; the returned function gives it back (once, however often called)."""
+        with self._lock:
+            busy = self._busy.get(organization_id, 0)
+            if busy >= self.limit:
+                raise TooManyRequests(
+                    f"This organization already runs {busy} generations at once, its limit; "
+                    "retry when one has finished",
+                    retry_after=self.RETRY_AFTER_SECONDS,
+                )
+            self._busy[organization_id] = busy + 1
+        released = threading.Event()
+
+        def release() -> None:
+            with self._lock:
+                if released.is_set():
+                    return
+                released.set()
+                left = self._busy[organization_id] - 1
+                if left:
+                    self._busy[organization_id] = left
+                else:
+                    del self._busy[organization_id]
+
+        return release
+
+
 @dataclass(frozen=True)
 class InferenceRuntime:
     """One per app: the engine holding loaded models and what the service writes with."""
@@ -35,6 +74,7 @@ class InferenceRuntime:
     settings: Settings
     engine: InferenceEngine
     session_factory: sessionmaker[Session]
+    slots: GenerationSlots
 
 
 @dataclass(frozen=True)
@@ -72,9 +112,27 @@ def record_failure(runtime: InferenceRuntime, call: Call) -> None:
 
 
 def metered(runtime: InferenceRuntime, call: Call, work: Callable[[], T]) -> T:
+    """Run a whole generation in one of the organization's slots; a failure is metered."""
+    release = runtime.slots.take(call.organization_id)
     try:
         return work()
     except Exception:
+        record_failure(runtime, call)
+        raise
+    finally:
+        release()
+
+
+def metered_stream(
+    runtime: InferenceRuntime, call: Call, start: Callable[[], CompletionStream]
+) -> tuple[CompletionStream, Callable[[], None]]:
+    """Start a streamed generation in one of the organization's slots; the caller gives
+    the slot back (the returned function) once the stream has ended."""
+    release = runtime.slots.take(call.organization_id)
+    try:
+        return start(), release
+    except Exception:
+        release()
         record_failure(runtime, call)
         raise
 

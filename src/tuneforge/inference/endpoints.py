@@ -86,7 +86,11 @@ def chat_with_agent(
 
 
 def openai_error(
-    status_code: int, code: str, message: str, param: str | None = None
+    status_code: int,
+    code: str,
+    message: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """OpenAI's error shape: its SDKs take the message from ``error.message`` only.
 
@@ -94,7 +98,8 @@ def openai_error(
     """
     kind = "server_error" if status_code >= 500 else "invalid_request_error"
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    headers = {"WWW-Authenticate": "Bearer"} if status_code == 401 else None
+    if status_code == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse(
         status_code=status_code, content=body | {"detail": message}, headers=headers
     )
@@ -111,7 +116,7 @@ class OpenAIErrorRoute(APIRoute):
                 return await handler(request)
             except TuneForgeError as exc:
                 field = exc.extra.get("field")
-                return openai_error(exc.status_code, exc.error, exc.detail, field)
+                return openai_error(exc.status_code, exc.error, exc.detail, field, exc.headers)
             except StarletteHTTPException as exc:
                 code = http_error_code(exc.status_code)
                 return openai_error(exc.status_code, code, str(exc.detail))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from tuneforge.inference.calls import (
     deltas,
     error_detail,
     metered,
+    metered_stream,
     record_failure_shielded,
     usage_of,
 )
@@ -197,16 +198,19 @@ def stream_agent_chat(
     """SSE events; loading errors raise here so they still get a plain HTTP error status."""
     chat = _prepare_agent_chat(runtime, organization_id, agent_id, request)
     source = chat.call.target.source
-    stream = metered(
+    stream, release = metered_stream(
         runtime,
         chat.call,
         lambda: runtime.engine.stream(source, chat.prompt, chat.params, chat.tools),
     )
-    return _agent_chat_events(runtime, chat, stream)
+    return _agent_chat_events(runtime, chat, stream, release)
 
 
 async def _agent_chat_events(
-    runtime: InferenceRuntime, chat: _AgentChat, stream: CompletionStream
+    runtime: InferenceRuntime,
+    chat: _AgentChat,
+    stream: CompletionStream,
+    release: Callable[[], None],
 ) -> AsyncIterator[str]:
     finished = False
     reader = StreamedReply() if chat.tools else None
@@ -228,6 +232,7 @@ async def _agent_chat_events(
         yield sse_message({"error": error, "detail": detail}, event="error")
     finally:
         stream.close()
+        release()
         if not finished:
             await record_failure_shielded(runtime, chat.call)
 
@@ -337,18 +342,21 @@ def stream_chat_completion(
     """``data:`` chunk events ending ``data: [DONE]``; loading errors raise here, before any."""
     prepared = _prepare_completion(runtime, organization_id, request)
     source = prepared.call.target.source
-    stream = metered(
+    stream, release = metered_stream(
         runtime,
         prepared.call,
         lambda: runtime.engine.stream(source, prepared.prompt, prepared.params, prepared.tools),
     )
-    return _completion_events(runtime, prepared, stream, include_usage=request.include_usage)
+    return _completion_events(
+        runtime, prepared, stream, release, include_usage=request.include_usage
+    )
 
 
 async def _completion_events(
     runtime: InferenceRuntime,
     prepared: _CompletionCall,
     stream: CompletionStream,
+    release: Callable[[], None],
     *,
     include_usage: bool,
 ) -> AsyncIterator[str]:
@@ -401,6 +409,7 @@ async def _completion_events(
         yield sse_message({"error": {"message": detail, "type": "server_error", "code": error}})
     finally:
         stream.close()
+        release()
         if not finished:
             await record_failure_shielded(runtime, call)
 
