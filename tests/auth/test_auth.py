@@ -381,3 +381,17 @@ def test_an_api_key_cannot_manage_api_keys(client: TestClient, account: Account)
     revoked = client.delete(f"/auth/api-keys/{key['id']}", headers=account.headers)
     assert revoked.status_code == 200
     assert client.get("/auth/me", headers=as_key).status_code == 401
+
+
+def test_an_email_is_one_account_however_it_is_cased(client: TestClient) -> None:
+    body = {"password": "correct horse battery", "name": "Ö", "organization_name": "Ö"}
+    created = client.post("/auth/register", json={**body, "email": "Ölaf@example.com"})
+    assert created.status_code == 201, created.text
+    assert created.json()["user"]["email"] == "Ölaf@example.com"  # kept as typed
+    for typed in ("ölaf@example.com", "ÖLAF@EXAMPLE.COM", "Ölaf@example.com"):
+        login = client.post(
+            "/auth/login", json={"email": typed, "password": "correct horse battery"}
+        )
+        assert login.status_code == 200, (typed, login.text)
+    twin = client.post("/auth/register", json={**body, "email": "ölaf@example.com"})
+    assert twin.status_code == 409

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from tuneforge.auth.security import email_key
 from tuneforge.db.tables.auth import ApiKey, Membership, Organization, Role, User
 
 
@@ -17,7 +18,7 @@ class Access(NamedTuple):
 
 
 def get_user_by_email(session: Session, email: str) -> User | None:
-    return session.scalars(select(User).where(func.lower(User.email) == email.lower())).first()
+    return session.scalars(select(User).where(User.email_key == email_key(email))).first()
 
 
 def first_membership(session: Session, user_id: str) -> Membership | None:

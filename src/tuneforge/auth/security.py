@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -63,6 +64,11 @@ def decode_access_token(token: str, secret: str) -> TokenClaims:
     except (OverflowError, OSError, ValueError, TypeError) as exc:
         raise Unauthorized("Access token is invalid") from exc
     return TokenClaims(user_id=user_id, organization_id=organization_id, expires_at=expires_at)
+
+
+def email_key(email: str) -> str:
+    """One key per address however it is cased or composed: NFC, then Unicode case folding."""
+    return unicodedata.normalize("NFC", email).casefold()
 
 
 def generate_api_key() -> str:

@@ -14,6 +14,7 @@ from tuneforge.auth.security import (
     API_KEY_PREFIX,
     TokenClaims,
     decode_access_token,
+    email_key,
     generate_api_key,
     hash_api_key,
     hash_password,
@@ -102,7 +103,10 @@ def register(
     if repository.get_user_by_email(session, request.email) is not None:
         raise Conflict(f"A user with email {request.email} already exists", field="email")
     user = User(
-        email=request.email, name=request.name, password_hash=hash_password(request.password)
+        email=request.email,
+        email_key=email_key(request.email),
+        name=request.name,
+        password_hash=hash_password(request.password),
     )
     organization = Organization(name=request.organization_name)
     session.add_all([user, organization])

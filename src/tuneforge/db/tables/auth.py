@@ -24,7 +24,10 @@ class Organization(IdMixin, Base):
 class User(IdMixin, Base):
     __tablename__ = "users"
 
-    email: Mapped[str] = mapped_column(String(320), unique=True)
+    email: Mapped[str] = mapped_column(String(320))  # as the user typed it
+    # The address case-folded (``auth.security.email_key``): what is unique and looked up,
+    # the same on SQLite, whose lower() is ASCII-only, and on PostgreSQL.
+    email_key: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     password_hash: Mapped[str] = mapped_column(String(200))
     is_active: Mapped[bool] = mapped_column(default=True)
