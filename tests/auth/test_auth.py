@@ -395,3 +395,26 @@ def test_an_email_is_one_account_however_it_is_cased(client: TestClient) -> None
         assert login.status_code == 200, (typed, login.text)
     twin = client.post("/auth/register", json={**body, "email": "ölaf@example.com"})
     assert twin.status_code == 409
+
+
+def test_signing_out_ends_every_session_but_not_api_keys(
+    client: TestClient, account: Account
+) -> None:
+    key = client.post("/auth/api-keys", json={"name": "ci"}, headers=account.headers).json()
+    second = client.post(
+        "/auth/login", json={"email": account.email, "password": account.password}
+    ).json()["access_token"]
+    assert client.get("/auth/me", headers=account.headers).status_code == 200
+
+    assert client.post("/auth/sign-out", headers=account.headers).status_code == 204
+
+    for token in (account.token, second):
+        stale = client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+        assert stale.status_code == 401 and "signed out" in stale.json()["detail"]
+    as_key = {"Authorization": f"Bearer {key['key']}"}
+    assert client.get("/auth/me", headers=as_key).status_code == 200
+    assert client.post("/auth/sign-out", headers=as_key).status_code == 403
+    fresh = client.post(
+        "/auth/login", json={"email": account.email, "password": account.password}
+    ).json()["access_token"]
+    assert client.get("/auth/me", headers={"Authorization": f"Bearer {fresh}"}).status_code == 200

@@ -132,10 +132,15 @@ def test_register_shows_field_errors_beside_the_fields(
 
 
 def test_sign_out_ends_the_session(client: TestClient, web: DashboardClient) -> None:
+    stolen = client.cookies["tf_session"]
     response = web.post("/dashboard/sign-out")
     assert response.status_code == 303
     assert "tf_session" not in client.cookies
     assert client.get("/dashboard/fine-tuning", follow_redirects=False).status_code == 303
+    # A copy of the cookie taken before signing out no longer opens anything either.
+    client.cookies.set("tf_session", stolen)
+    assert client.get("/dashboard/fine-tuning", follow_redirects=False).status_code == 303
+    assert client.get("/auth/me", headers={"Authorization": f"Bearer {stolen}"}).status_code == 401
 
 
 def test_next_never_leaves_the_dashboard(client: TestClient, account: Account) -> None:

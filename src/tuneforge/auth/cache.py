@@ -24,11 +24,14 @@ class _Entry:
     expires_at: float  # time.monotonic()
 
 
+JWT_KEY_PREFIX = "jwt:"
+
+
 def credential_key(bearer: str) -> str:
     """An API key's stored hash (so that revoking it can evict it); a JWT's digest."""
     if bearer.startswith(API_KEY_PREFIX):
         return hash_api_key(bearer)
-    return "jwt:" + hashlib.sha256(bearer.encode()).hexdigest()
+    return JWT_KEY_PREFIX + hashlib.sha256(bearer.encode()).hexdigest()
 
 
 class PrincipalCache:
@@ -64,3 +67,10 @@ class PrincipalCache:
     def evict(self, key: str) -> None:
         with self._lock:
             self._entries.pop(key, None)
+
+    def evict_sessions_of(self, user_id: str) -> None:
+        """Forget every login-token principal of the user (signing out); API keys stay."""
+        with self._lock:
+            for key in [k for k, e in self._entries.items() if k.startswith(JWT_KEY_PREFIX)]:
+                if self._entries[key].principal.user_id == user_id:
+                    del self._entries[key]

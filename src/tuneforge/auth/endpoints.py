@@ -51,6 +51,26 @@ def login(body: LoginRequest, session: SessionDep, settings: SettingsDep) -> Tok
     return TokenResponse(access_token=token.access_token, expires_in=token.expires_in)
 
 
+@router.post(
+    "/sign-out",
+    summary="End every session of the signed-in user: their tokens stop working",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(Unauthorized, Forbidden),
+)
+def sign_out(
+    principal: PrincipalDep,
+    session: SessionDep,
+    principals: PrincipalCacheDep,
+    after_commit: BackgroundTasks,
+) -> None:
+    """Other processes may accept an old token for the credential cache's few seconds;
+    this one forgets the user's sessions now and again once the change is committed."""
+    principal.require_signed_in_user("Signing out")
+    service.sign_out_everywhere(session, principal.user_id)
+    principals.evict_sessions_of(principal.user_id)
+    after_commit.add_task(principals.evict_sessions_of, principal.user_id)
+
+
 @router.get(
     "/me",
     summary="The calling user, organization and role",
@@ -109,9 +129,9 @@ def revoke_api_key(
     principals: PrincipalCacheDep,
     after_commit: BackgroundTasks,
 ) -> ApiKeyOut:
-    principal.require_signed_in_user("Revoking an API key")
     """Evicts the key from this process's credential cache now, and again once the
     revocation is committed: a request in between would have cached it afresh."""
+    principal.require_signed_in_user("Revoking an API key")
     api_key = service.revoke_api_key(session, principal.organization_id, api_key_id)
     principals.evict(api_key.key_hash)
     after_commit.add_task(principals.evict, api_key.key_hash)

@@ -33,6 +33,7 @@ def verify_password(password_hash: str, password: str) -> bool:
 class TokenClaims:
     user_id: str
     organization_id: str
+    version: int = 0  # the user's token_version when issued
     expires_at: datetime | None = None
 
 
@@ -41,6 +42,7 @@ def issue_access_token(claims: TokenClaims, secret: str, expires_in: int) -> str
     payload = {
         "sub": claims.user_id,
         "org": claims.organization_id,
+        "ver": claims.version,
         "iat": now,
         "exp": now + timedelta(seconds=expires_in),
     }
@@ -56,14 +58,18 @@ def decode_access_token(token: str, secret: str) -> TokenClaims:
         raise Unauthorized("Access token has expired") from exc
     except jwt.InvalidTokenError as exc:
         raise Unauthorized("Access token is invalid") from exc
-    user_id, organization_id = payload["sub"], payload["org"]
+    user_id, organization_id, version = payload["sub"], payload["org"], payload.get("ver", 0)
     if not isinstance(user_id, str) or not isinstance(organization_id, str):
+        raise Unauthorized("Access token is invalid")
+    if type(version) is not int:
         raise Unauthorized("Access token is invalid")
     try:  # a signed token can still carry an expiry no datetime holds
         expires_at = datetime.fromtimestamp(payload["exp"], UTC)
     except (OverflowError, OSError, ValueError, TypeError) as exc:
         raise Unauthorized("Access token is invalid") from exc
-    return TokenClaims(user_id=user_id, organization_id=organization_id, expires_at=expires_at)
+    return TokenClaims(
+        user_id=user_id, organization_id=organization_id, version=version, expires_at=expires_at
+    )
 
 
 def email_key(email: str) -> str:

@@ -116,7 +116,7 @@ def register(
         raise Conflict(f"A user with email {request.email} already exists", field="email") from exc
     session.add(Membership(user_id=user.id, organization_id=organization.id, role=Role.OWNER))
     session.flush()
-    return user, organization, _issue(user.id, organization.id, settings)
+    return user, organization, _issue(user, organization.id, settings)
 
 
 def login(session: Session, email: str, password: str, settings: Settings) -> IssuedToken:
@@ -126,11 +126,13 @@ def login(session: Session, email: str, password: str, settings: Settings) -> Is
     membership = repository.first_membership(session, user.id)
     if membership is None:
         raise Unauthorized("This user belongs to no organization")
-    return _issue(user.id, membership.organization_id, settings)
+    return _issue(user, membership.organization_id, settings)
 
 
-def _issue(user_id: str, organization_id: str, settings: Settings) -> IssuedToken:
-    claims = TokenClaims(user_id=user_id, organization_id=organization_id)
+def _issue(user: User, organization_id: str, settings: Settings) -> IssuedToken:
+    claims = TokenClaims(
+        user_id=user.id, organization_id=organization_id, version=user.token_version
+    )
     token = issue_access_token(claims, settings.signing_key(), settings.jwt_expiry_seconds)
     return IssuedToken(access_token=token, expires_in=settings.jwt_expiry_seconds)
 
@@ -151,10 +153,21 @@ def authenticate(session: Session, bearer: str, settings: Settings) -> Principal
     else:
         claims = decode_access_token(bearer, settings.signing_key())
         access = repository.get_access(session, claims.user_id, claims.organization_id)
+        if access is not None and access.user.token_version != claims.version:
+            raise Unauthorized("This session was signed out; sign in again")
         expires_at = claims.expires_at
     if access is None:
         raise Unauthorized("Credentials no longer grant access")
     return Principal.of(access, expires_at, by_api_key=bearer.startswith(API_KEY_PREFIX))
+
+
+def sign_out_everywhere(session: Session, user_id: str) -> None:
+    """End every session of the user: tokens issued before this no longer authenticate.
+    API keys are not sessions and stay valid until revoked."""
+    user = session.get(User, user_id, with_for_update=True)
+    if user is not None:
+        user.token_version += 1
+        session.flush()
 
 
 def create_api_key(

@@ -31,6 +31,8 @@ class User(IdMixin, Base):
     name: Mapped[str] = mapped_column(String(200))
     password_hash: Mapped[str] = mapped_column(String(200))
     is_active: Mapped[bool] = mapped_column(default=True)
+    # In every token issued; signing out bumps it, which ends all of the user's sessions.
+    token_version: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class Membership(IdMixin, Base):

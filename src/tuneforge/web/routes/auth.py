@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
 from tuneforge.auth import service
 from tuneforge.auth.cookies import end_session, start_session
+from tuneforge.auth.deps import PrincipalCacheDep
 from tuneforge.auth.schemas import LoginRequest, RegisterRequest
 from tuneforge.auth.service import IssuedToken
 from tuneforge.db.session import SessionDep
 from tuneforge.errors import Conflict, Unauthorized
 from tuneforge.state import SettingsDep
-from tuneforge.web.deps import DASHBOARD, field_errors, safe_next
+from tuneforge.web.deps import DASHBOARD, WebPrincipal, field_errors, safe_next
 from tuneforge.web.templating import render
 
 router = APIRouter(prefix="/dashboard")
@@ -86,7 +87,17 @@ def register(
 
 
 @router.post("/sign-out")
-def sign_out() -> Response:
-    response = RedirectResponse("/dashboard/sign-in", status_code=303)
+def sign_out(
+    principal: WebPrincipal,
+    session: SessionDep,
+    principals: PrincipalCacheDep,
+    after_commit: BackgroundTasks,
+) -> Response:
+    """Ends the session for good, not only in this browser: the token inside the cookie
+    stops working too."""
+    service.sign_out_everywhere(session, principal.user_id)
+    principals.evict_sessions_of(principal.user_id)
+    after_commit.add_task(principals.evict_sessions_of, principal.user_id)
+    response = RedirectResponse("/dashboard/sign-in", status_code=303, background=after_commit)
     end_session(response)
     return response
