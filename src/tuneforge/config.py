@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     upload_limit_bytes: int = 100 * 1024 * 1024
     # Every JSON request body (chat, conversations, imports); uploads have their own limit.
     json_body_limit_bytes: int = 4 * 1024 * 1024
+    # Failed sign-ins allowed before each further one waits (doubling, up to the maximum).
+    login_free_failures_per_account: int = Field(default=5, ge=1)
+    login_free_failures_per_address: int = Field(default=20, ge=1)
+    login_max_wait_seconds: int = Field(default=900, ge=1)
     # Generations one organization may run at once in a process; more are 429s.
     inference_concurrency_per_organization: int = Field(default=2, ge=1)
     polling_interval_seconds: float = 60.0

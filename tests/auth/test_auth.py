@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session
 from tests.fixtures.api import Account, register
 from tuneforge.app import create_app
 from tuneforge.auth.cache import PrincipalCache, credential_key
+from tuneforge.auth.security import unknown_user_hash
 from tuneforge.auth.service import LAST_USED_RESOLUTION
 from tuneforge.config import Settings
-from tuneforge.db.tables.auth import ApiKey, Membership, User
+from tuneforge.db.tables.auth import ApiKey, LoginThrottle, Membership, User
 
 
 def test_register_returns_a_token_that_identifies_the_user(
@@ -418,3 +419,33 @@ def test_signing_out_ends_every_session_but_not_api_keys(
         "/auth/login", json={"email": account.email, "password": account.password}
     ).json()["access_token"]
     assert client.get("/auth/me", headers={"Authorization": f"Bearer {fresh}"}).status_code == 200
+
+
+def test_sign_ins_are_throttled_per_account_across_processes(
+    client: TestClient, account: Account, settings: Settings, db_session: Session
+) -> None:
+    wrong = {"email": account.email.upper(), "password": "not the password"}
+    right = {"email": account.email, "password": account.password}
+    for _ in range(settings.login_free_failures_per_account):
+        assert client.post("/auth/login", json=wrong).status_code == 401
+
+    refused = client.post("/auth/login", json=right)  # even the right password waits now
+    assert refused.status_code == 429, refused.text
+    assert int(refused.headers["Retry-After"]) >= 1
+    with TestClient(create_app(settings)) as another_process:
+        assert another_process.post("/auth/login", json=right).status_code == 429
+
+    db_session.execute(update(LoginThrottle).values(blocked_until=datetime.now(UTC)))
+    db_session.commit()
+    assert client.post("/auth/login", json=right).status_code == 200
+    assert db_session.scalars(select(LoginThrottle.key)).all() == ["address:testclient"]
+
+
+def test_an_unknown_email_costs_a_password_check_too(client: TestClient) -> None:
+    before = unknown_user_hash.cache_info()
+    response = client.post(
+        "/auth/login", json={"email": "nobody@example.com", "password": "whatever it is"}
+    )
+    assert response.status_code == 401
+    after = unknown_user_hash.cache_info()
+    assert after.hits + after.misses == before.hits + before.misses + 1

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, BackgroundTasks, status
+from fastapi import APIRouter, BackgroundTasks, Request, status
 
 from tuneforge.auth import service
 from tuneforge.auth.deps import PrincipalCacheDep, PrincipalDep
@@ -17,8 +17,15 @@ from tuneforge.auth.schemas import (
     UserOut,
 )
 from tuneforge.db.session import SessionDep
-from tuneforge.errors import Conflict, Forbidden, NotFound, Unauthorized, error_responses
-from tuneforge.state import SettingsDep
+from tuneforge.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+    error_responses,
+)
+from tuneforge.state import SessionFactoryDep, SettingsDep
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -44,10 +51,16 @@ def register(body: RegisterRequest, session: SessionDep, settings: SettingsDep) 
     "/login",
     summary="Exchange email and password for a bearer access token",
     response_model=TokenResponse,
-    responses=error_responses(Unauthorized),
+    responses=error_responses(Unauthorized, TooManyRequests),
 )
-def login(body: LoginRequest, session: SessionDep, settings: SettingsDep) -> TokenResponse:
-    token = service.login(session, body.email, body.password, settings)
+def login(
+    body: LoginRequest,
+    request: Request,
+    session_factory: SessionFactoryDep,
+    settings: SettingsDep,
+) -> TokenResponse:
+    address = request.client.host if request.client else None
+    token = service.login(session_factory, settings, body.email, body.password, address)
     return TokenResponse(access_token=token.access_token, expires_in=token.expires_in)
 
 

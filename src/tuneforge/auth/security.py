@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import unicodedata
@@ -20,6 +21,13 @@ _hasher = PasswordHasher()
 
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
+
+
+@functools.cache
+def unknown_user_hash() -> str:
+    """A hash to verify against when no user has the email, so that answering takes as
+    long as for a wrong password and does not tell which emails have accounts."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def verify_password(password_hash: str, password: str) -> bool:

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from tuneforge.auth import repository
+from tuneforge.auth import repository, throttle
 from tuneforge.auth.schemas import ApiKeyCreate, RegisterRequest
 from tuneforge.auth.security import (
     API_KEY_PREFIX,
@@ -19,10 +19,12 @@ from tuneforge.auth.security import (
     hash_api_key,
     hash_password,
     issue_access_token,
+    unknown_user_hash,
     verify_password,
 )
 from tuneforge.config import Settings
 from tuneforge.db.base import utcnow
+from tuneforge.db.engine import unit_of_work
 from tuneforge.db.scoping import get_owned
 from tuneforge.db.tables.auth import ApiKey, Membership, Organization, Role, User
 from tuneforge.errors import Conflict, Forbidden, Unauthorized
@@ -119,14 +121,45 @@ def register(
     return user, organization, _issue(user, organization.id, settings)
 
 
-def login(session: Session, email: str, password: str, settings: Settings) -> IssuedToken:
+def login(
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    email: str,
+    password: str,
+    address: str | None,
+) -> IssuedToken:
+    """A token for the right email and password, under the sign-in throttle (per account
+    and per client address; see ``throttle.py``). A failure is counted in a transaction
+    of its own, so the refusal that follows does not roll it back."""
+    keys = throttle.keys_for(email_key(email), address, settings)
+    with unit_of_work(session_factory) as session:
+        throttle.refuse_if_waiting(session, keys)
+        token, problem = _check_password(session, email, password, settings)
+        if token is None:
+            throttle.record_failure(session, keys, settings)
+        else:
+            throttle.clear(session, keys[0])
+    if token is None:
+        raise Unauthorized(problem)
+    return token
+
+
+def _check_password(
+    session: Session, email: str, password: str, settings: Settings
+) -> tuple[IssuedToken | None, str]:
     user = repository.get_user_by_email(session, email)
-    if user is None or not user.is_active or not verify_password(user.password_hash, password):
-        raise Unauthorized("Email or password is incorrect")
+    if user is None:
+        verify_password(unknown_user_hash(), password)  # as slow as a wrong password
+        return None, WRONG_PASSWORD
+    if not user.is_active or not verify_password(user.password_hash, password):
+        return None, WRONG_PASSWORD
     membership = repository.first_membership(session, user.id)
     if membership is None:
-        raise Unauthorized("This user belongs to no organization")
-    return _issue(user, membership.organization_id, settings)
+        return None, "This user belongs to no organization"
+    return _issue(user, membership.organization_id, settings), ""
+
+
+WRONG_PASSWORD = "Email or password is incorrect"
 
 
 def _issue(user: User, organization_id: str, settings: Settings) -> IssuedToken:

@@ -58,3 +58,14 @@ class ApiKey(IdMixin, Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class LoginThrottle(Base):
+    """Failed sign-ins of one account or one client address, shared by every process."""
+
+    __tablename__ = "login_throttles"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)  # "account:…", "address:…"
+    failures: Mapped[int] = mapped_column(default=0)
+    last_failure_at: Mapped[datetime]
+    blocked_until: Mapped[datetime | None] = mapped_column(default=None)

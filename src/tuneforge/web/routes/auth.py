@@ -14,8 +14,8 @@ from tuneforge.auth.deps import PrincipalCacheDep
 from tuneforge.auth.schemas import LoginRequest, RegisterRequest
 from tuneforge.auth.service import IssuedToken
 from tuneforge.db.session import SessionDep
-from tuneforge.errors import Conflict, Unauthorized
-from tuneforge.state import SettingsDep
+from tuneforge.errors import Conflict, TooManyRequests, Unauthorized
+from tuneforge.state import SessionFactoryDep, SettingsDep
 from tuneforge.web.deps import DASHBOARD, WebPrincipal, field_errors, safe_next
 from tuneforge.web.templating import render
 
@@ -36,7 +36,7 @@ def sign_in_page(request: Request, next: str = DASHBOARD) -> Response:
 @router.post("/sign-in")
 def sign_in(
     request: Request,
-    session: SessionDep,
+    session_factory: SessionFactoryDep,
     settings: SettingsDep,
     email: Annotated[str, Form()] = "",
     password: Annotated[str, Form()] = "",
@@ -45,7 +45,11 @@ def sign_in(
     values = {"email": email}
     try:
         body = LoginRequest(email=email, password=password)
-        token = service.login(session, body.email, body.password, settings)
+        address = request.client.host if request.client else None
+        token = service.login(session_factory, settings, body.email, body.password, address)
+    except TooManyRequests as exc:
+        context = {"next": safe_next(next), "values": values, "error": exc.detail}
+        return render(request, "auth/sign_in.html", context, status_code=429)
     except (ValidationError, Unauthorized):
         context = {
             "next": safe_next(next),
