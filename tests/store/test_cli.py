@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,3 +43,45 @@ def test_models_pull_rejects_unknown_names(data_dir: Path) -> None:
     result = CliRunner().invoke(models_app, ["pull", "gpt-5"])
     assert result.exit_code == 1
     assert "No built-in model" in " ".join(result.output.split())
+
+
+LFS_POINTER = (
+    b"version https://git-lfs.github.com/spec/v1\n"
+    b"oid sha256:4d7a2146b8a2a4c1e1e5c5e6a1d2f3b4c5d6e7f8091a2b3c4d5e6f708192a3b4\n"
+    b"size 538090408\n"
+)
+
+
+def test_a_directory_that_cannot_load_is_refused_before_it_is_registered(
+    data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    pointer = tmp_path / "pointer"
+    shutil.copytree(tiny_model_dir, pointer)
+    (pointer / "model.safetensors").write_bytes(LFS_POINTER)
+    garbled = tmp_path / "garbled"
+    shutil.copytree(tiny_model_dir, garbled)
+    (garbled / "config.json").write_text("{not json")
+
+    for directory, problem in ((pointer, "Git LFS pointer"), (garbled, "not valid JSON")):
+        result = runner.invoke(models_app, ["add", str(directory), "--name", directory.name])
+        assert result.exit_code == 1, result.output
+        assert isinstance(result.exception, SystemExit)  # a clean exit, not a traceback
+        assert problem in " ".join(result.output.split())
+    assert not (data_dir / "models" / "registry.json").exists()
+
+
+def test_a_registered_model_that_broke_later_is_skipped_not_fatal(
+    data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    assert runner.invoke(models_app, ["add", str(copy), "--name", "copy"]).exit_code == 0
+    assert runner.invoke(models_app, ["add", str(tiny_model_dir), "--name", "tiny"]).exit_code == 0
+    (copy / "model.safetensors").write_bytes(LFS_POINTER)  # replaced by a pointer since
+
+    listed = runner.invoke(models_app, ["list"])
+
+    assert listed.exit_code == 0, listed.output
+    assert "tiny" in listed.output and "copy" not in listed.output

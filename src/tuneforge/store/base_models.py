@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -33,10 +34,12 @@ MODEL_LOAD_LOCK = threading.Lock()
 
 MARKER_FILE = ".tuneforge-model.json"
 REGISTRY_FILE = "registry.json"
+MAX_SAFETENSORS_HEADER_BYTES = 100 * 1024 * 1024
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 ProgressCallback = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,14 @@ def list_store_models(settings: Settings) -> list[StoredModel]:
             models.append(_describe(name, path, "builtin"))
     for name in sorted(_read_registry(settings)):
         path = find_model_dir(settings, name)
-        if path is not None:
+        if path is None:
+            continue
+        try:
             models.append(_describe(name, path, "registered"))
+        except (OSError, ValueError, InvalidInput) as exc:
+            # One broken directory must not take every listing and job creation down.
+            detail = exc.detail if isinstance(exc, InvalidInput) else str(exc)
+            log.warning("Skipping registered model %s at %s: %s", name, path, detail)
     return models
 
 
@@ -152,7 +161,12 @@ def validate_model_dir(path: Path) -> dict[str, Any]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise InvalidInput(f"{path} has no config.json", field="path")
-    config = json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{config_file} is not valid JSON: {exc}", field="path") from exc
+    if not isinstance(config, dict):
+        raise InvalidInput(f"{config_file} is not a JSON object", field="path")
     architectures = config.get("architectures") or []
     if not any(arch.endswith("ForCausalLM") for arch in architectures):
         raise InvalidInput(f"{path} is not a causal language model ({architectures})", field="path")
@@ -168,6 +182,8 @@ def validate_model_dir(path: Path) -> dict[str, Any]:
         raise InvalidInput(f"{path} has no chat template; fine-tuning needs one", field="path")
     if _context_length(config) is None:
         raise InvalidInput(f"{path}/config.json does not state a context length", field="path")
+    for weights in _weight_files(path):
+        _safetensors_header(weights)  # a Git LFS pointer or a truncated file stops here
     return config
 
 
@@ -194,14 +210,35 @@ def _weight_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.safetensors"))
 
 
+def _safetensors_header(file: Path) -> dict[str, Any]:
+    """The file's JSON header, read with its size bounded: a Git LFS pointer's first bytes
+    read as a header length of petabytes."""
+    size = file.stat().st_size
+    with file.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise InvalidInput(f"{file} is too short to be safetensors", field="path")
+        (header_size,) = struct.unpack("<Q", prefix)
+        if header_size > min(MAX_SAFETENSORS_HEADER_BYTES, size - 8):
+            raise InvalidInput(
+                f"{file} is not a safetensors file (a Git LFS pointer not pulled?)", field="path"
+            )
+        try:
+            header = json.loads(handle.read(header_size))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInput(
+                f"{file} has an unreadable safetensors header", field="path"
+            ) from exc
+    if not isinstance(header, dict):
+        raise InvalidInput(f"{file} has an unreadable safetensors header", field="path")
+    return header
+
+
 def _parameter_count(path: Path) -> int | None:
     """Sum of tensor sizes from the safetensors headers (reads a few KB, no weights)."""
     total = 0
     for file in _weight_files(path):
-        with file.open("rb") as handle:
-            (header_size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(header_size))
-        for key, tensor in header.items():
+        for key, tensor in _safetensors_header(file).items():
             if key != "__metadata__":
                 count = 1
                 for dim in tensor["shape"]:
