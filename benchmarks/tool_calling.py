@@ -30,6 +30,7 @@ from fastapi.testclient import TestClient
 
 from tuneforge.app import create_app
 from tuneforge.config import Settings
+from tuneforge.db.migrate import upgrade_to_head
 from tuneforge.evals.graders import ToolCallMatch
 from tuneforge.providers.chat_format import assistant_text
 from tuneforge.store.base_models import DEFAULT_MODEL, pull_builtin_model
@@ -198,6 +199,8 @@ def main() -> None:
     train, test = examples(TRAIN_EXAMPLES, seed=1), None
     test = held_out(train)
     settings = Settings(data_dir=args.data_dir, database_url=f"sqlite:///{args.data_dir}/bench.db")
+    settings.ensure_data_dir()
+    upgrade_to_head(settings.resolved_database_url)
     pull_builtin_model(settings, DEFAULT_MODEL, print)
     with TestClient(create_app(settings)) as client:
         token = client.post(
