@@ -218,3 +218,28 @@ def test_an_organization_past_its_concurrent_generations_gets_429_with_retry_aft
                 "/v1/chat/completions", json={**ask, "stream": stream}, headers=account.headers
             )
             assert done.status_code == 200, done.text
+
+
+@pytest.mark.usefixtures("installed_tiny_model")
+def test_a_nul_character_anywhere_in_a_json_body_is_a_422_naming_the_field(
+    client: TestClient, account: Account, ids: Ids
+) -> None:
+    cases = [
+        ("/agents", {"name": "Bot\x00", "model": "smollm2-135m-instruct"}, "body.name"),
+        (
+            f"/agents/{ids.agent}/conversations",
+            {"messages": [{"role": "user", "content": "hi\x00there"}]},
+            "body.messages.0.content",
+        ),
+    ]
+    for path, body, field in cases:
+        response = client.post(path, json=body, headers=account.headers)
+        assert response.status_code == 422, response.text
+        assert response.json()["fields"][0]["field"] == field
+    chat = client.post(
+        "/v1/chat/completions",
+        json={"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "\x00"}]},
+        headers=account.headers,
+    )
+    assert chat.status_code == 422 and chat.json()["error"]["param"] == "messages.0.content"
+    assert client.get("/agents", headers=account.headers).json()["total"] == 1  # nothing stored

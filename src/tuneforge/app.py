@@ -42,9 +42,9 @@ from tuneforge.models.endpoints import checkpoint_router, stats_router
 from tuneforge.models.endpoints import router as models_router
 from tuneforge.providers.endpoints import router as base_models_router
 from tuneforge.state import AppState
-from tuneforge.web.body_limit import JsonBodyLimit
 from tuneforge.web.errors import install_dashboard_error_pages
 from tuneforge.web.headers import SecurityHeaders
+from tuneforge.web.json_body import JsonBodyChecks
 from tuneforge.web.routes import router as web_router
 from tuneforge.web.templating import WEB_DIR
 from tuneforge.worker.endpoints import router as sync_router
@@ -122,7 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handler(app)
     install_dashboard_error_pages(app)
     document_error_shapes(app)
-    app.add_middleware(JsonBodyLimit, limit_bytes=settings.json_body_limit_bytes)
+    app.add_middleware(JsonBodyChecks, limit_bytes=settings.json_body_limit_bytes)
     app.add_middleware(SecurityHeaders)
     if settings.cors_origins:
         app.add_middleware(

@@ -15,7 +15,7 @@ from tuneforge.db.tables.models import FineTunedModel, ModelStatus
 
 
 def create_agent(client: TestClient, account: Account, **fields: Any) -> dict[str, Any]:
-    body = {"name": "Support bot", "model": "SmolLM2-135M-Instruct", **fields}
+    body = {"name": "Support bot", "model": "smollm2-135m-instruct", **fields}
     response = client.post("/agents", json=body, headers=account.headers)
     assert response.status_code == 201, response.text
     return response.json()
@@ -91,17 +91,25 @@ def test_create_agent_on_a_fine_tuned_model_links_it(
     assert agent["provider"] == "openai"
 
 
-def test_another_organizations_model_id_is_just_a_model_name(
+def test_an_agent_needs_a_model_its_organization_can_use(
     client: TestClient, account: Account, other_account: Account, db_session: Session
 ) -> None:
     foreign_model_id = make_fine_tuned_model(
         db_session, other_account.organization_id, provider="openai"
     )
-
-    agent = create_agent(client, account, model=foreign_model_id)
-
-    assert agent["fine_tuned_model_id"] is None
-    assert agent["provider"] == "local"
+    for model in (foreign_model_id, "does-not-exist"):
+        response = client.post(
+            "/agents", json={"name": "Bot", "model": model}, headers=account.headers
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["field"] == "model" and "known models" in response.json()["detail"]
+    agent = create_agent(client, account)
+    patched = client.patch(
+        f"/agents/{agent['id']}", json={"model": foreign_model_id}, headers=account.headers
+    )
+    assert patched.status_code == 422
+    kept = client.get(f"/agents/{agent['id']}", headers=account.headers).json()
+    assert kept["model"] == "smollm2-135m-instruct"
 
 
 def test_create_agent_validation_errors_name_the_fields(
@@ -205,12 +213,14 @@ def test_update_agent_model_links_and_unlinks_the_fine_tuned_model(
 
     linked = client.patch(url, json={"model": model_id}, headers=account.headers).json()
     renamed = client.patch(url, json={"name": "Still linked"}, headers=account.headers).json()
-    unlinked = client.patch(url, json={"model": "base-model"}, headers=account.headers).json()
+    unlinked = client.patch(
+        url, json={"model": "gpt-4o-mini-2024-07-18"}, headers=account.headers
+    ).json()
 
     assert linked["fine_tuned_model_id"] == model_id
     assert renamed["fine_tuned_model_id"] == model_id
     assert unlinked["fine_tuned_model_id"] is None
-    assert unlinked["model"] == "base-model"
+    assert unlinked["model"] == "gpt-4o-mini-2024-07-18"
 
 
 def test_update_agent_rejects_null_for_required_fields(
@@ -295,7 +305,9 @@ def test_an_api_key_can_manage_agents(client: TestClient, account: Account) -> N
     key = client.post("/auth/api-keys", json={"name": "ci"}, headers=account.headers).json()["key"]
 
     response = client.post(
-        "/agents", json={"name": "Bot", "model": "m"}, headers={"Authorization": f"Bearer {key}"}
+        "/agents",
+        json={"name": "Bot", "model": "smollm2-135m-instruct"},
+        headers={"Authorization": f"Bearer {key}"},
     )
 
     assert response.status_code == 201

@@ -24,7 +24,7 @@ MODELS = "/fine-tuning/models"
 
 def create_agent(client: TestClient, account: Account, name: str = "Support bot") -> dict[str, Any]:
     response = client.post(
-        "/agents", json={"name": name, "model": "SmolLM2-135M-Instruct"}, headers=account.headers
+        "/agents", json={"name": name, "model": "smollm2-135m-instruct"}, headers=account.headers
     )
     assert response.status_code == 201, response.text
     return response.json()

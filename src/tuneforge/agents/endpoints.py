@@ -25,6 +25,7 @@ from tuneforge.auth.deps import PrincipalDep
 from tuneforge.bounds import Offset, UTCDatetime
 from tuneforge.db.session import SessionDep
 from tuneforge.errors import Conflict, InvalidInput, NotFound, Unauthorized, error_responses
+from tuneforge.state import SettingsDep
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
@@ -38,8 +39,10 @@ Limit = Annotated[int, Query(ge=1, le=100, description="Page size.")]
     response_model=AgentOut,
     responses=error_responses(Unauthorized, InvalidInput, Conflict),
 )
-def create_agent(body: AgentCreate, principal: PrincipalDep, session: SessionDep) -> AgentOut:
-    agent = service.create_agent(session, principal.organization_id, body)
+def create_agent(
+    body: AgentCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> AgentOut:
+    agent = service.create_agent(session, settings, principal.organization_id, body)
     return AgentOut.model_validate(agent)
 
 
@@ -83,9 +86,13 @@ def get_agent(agent_id: str, principal: PrincipalDep, session: SessionDep) -> Ag
     responses=error_responses(Unauthorized, NotFound, InvalidInput, Conflict),
 )
 def update_agent(
-    agent_id: str, body: AgentUpdate, principal: PrincipalDep, session: SessionDep
+    agent_id: str,
+    body: AgentUpdate,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> AgentOut:
-    agent = service.update_agent(session, principal.organization_id, agent_id, body)
+    agent = service.update_agent(session, settings, principal.organization_id, agent_id, body)
     return AgentOut.model_validate(agent)
 
 

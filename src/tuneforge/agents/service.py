@@ -19,26 +19,34 @@ from tuneforge.agents.schemas import (
     normalize_tags,
 )
 from tuneforge.bounds import utc_moment
+from tuneforge.config import Settings
 from tuneforge.db.base import utcnow
 from tuneforge.db.scoping import get_owned
 from tuneforge.db.tables.agents import Agent, Conversation, ConversationMessage, ConversationTag
 from tuneforge.db.tables.models import FineTunedModel, ModelStatus
 from tuneforge.errors import Conflict, InvalidInput, NotFound
-from tuneforge.providers.catalog import DEFAULT_PROVIDER
+from tuneforge.providers.catalog import DEFAULT_PROVIDER, find_base_model
 
 
 def _linkable_fine_tuned_model(
-    session: Session, organization_id: str, model: str
+    session: Session, settings: Settings, organization_id: str, model: str
 ) -> FineTunedModel | None:
-    """The org's fine-tuned model named by ``model``; an archived one cannot serve an agent."""
+    """The org's fine-tuned model named by ``model``, or None for a base model the
+    platform knows; anything else (another organization's model, a typo) is refused.
+    An archived model cannot serve an agent."""
     fine_tuned = repository.find_fine_tuned_model(session, organization_id, model)
-    if fine_tuned is not None and fine_tuned.status == ModelStatus.ARCHIVED:
+    if fine_tuned is None:
+        find_base_model(model, settings)  # raises, naming the field and the known models
+        return None
+    if fine_tuned.status == ModelStatus.ARCHIVED:
         raise Conflict(f"Model {fine_tuned.id} is archived; unarchive it first", field="model")
     return fine_tuned
 
 
-def create_agent(session: Session, organization_id: str, request: AgentCreate) -> Agent:
-    fine_tuned = _linkable_fine_tuned_model(session, organization_id, request.model)
+def create_agent(
+    session: Session, settings: Settings, organization_id: str, request: AgentCreate
+) -> Agent:
+    fine_tuned = _linkable_fine_tuned_model(session, settings, organization_id, request.model)
     agent = Agent(
         organization_id=organization_id,
         name=request.name,
@@ -71,7 +79,7 @@ def get_agent(session: Session, organization_id: str, agent_id: str) -> Agent:
 
 
 def update_agent(
-    session: Session, organization_id: str, agent_id: str, request: AgentUpdate
+    session: Session, settings: Settings, organization_id: str, agent_id: str, request: AgentUpdate
 ) -> Agent:
     agent = get_agent(session, organization_id, agent_id)
     changes = request.model_dump(exclude_unset=True)
@@ -80,7 +88,7 @@ def update_agent(
     for field, value in changes.items():
         setattr(agent, field, value)
     if "model" in changes:
-        fine_tuned = _linkable_fine_tuned_model(session, organization_id, agent.model)
+        fine_tuned = _linkable_fine_tuned_model(session, settings, organization_id, agent.model)
         agent.fine_tuned_model_id = fine_tuned.id if fine_tuned else None
     session.flush()
     return agent

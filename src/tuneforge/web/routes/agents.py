@@ -103,7 +103,7 @@ def create_agent(
             errors=field_errors(exc),
             status_code=422,
         )
-    agent = agents_service.create_agent(session, principal.organization_id, body)
+    agent = agents_service.create_agent(session, settings, principal.organization_id, body)
     return RedirectResponse(f"/dashboard/agents/{agent.id}", status_code=303)
 
 
