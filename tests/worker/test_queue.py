@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.fixtures.factories import Factories
@@ -410,3 +411,40 @@ def test_stopping_mid_training_hands_the_job_back_at_once(
     assert job.lease_owner is None
     assert job.run_after is not None
     assert job.run_after <= utcnow()
+
+
+def test_a_worker_that_loses_the_database_stops_its_trainer_and_backs_off(
+    session_factory: Factory,
+    worker_settings: Settings,
+    queue_jobs: QueueJobs,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    [job_id] = queue_jobs(provider="in-worker")
+    outage = threading.Event()
+
+    def flaky() -> Session:
+        if outage.is_set():
+            raise OperationalError("SELECT 1", {}, ConnectionError("database unreachable"))
+        return session_factory()
+
+    trainer = InWorkerTrainer(polls=100, on_poll=lambda seen: seen == 3 and outage.set())
+    worker = in_worker(flaky, worker_settings, monkeypatch, trainer)  # type: ignore[arg-type]
+
+    with pytest.raises(OperationalError):
+        worker.run_once()
+    assert trainer.abandoned == [f"local-run-{job_id}"]  # found without the database
+
+    class CountingStop(threading.Event):
+        def __init__(self) -> None:
+            super().__init__()
+            self.waits: list[float] = []
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.waits.append(timeout or 0.0)
+            if len(self.waits) == 4:
+                self.set()
+            return self.is_set()
+
+    stop = CountingStop()
+    worker.run_forever(stop)  # the database is still down: it waits longer, never exits
+    assert stop.waits == [0.02, 0.04, 0.08, 0.16]

@@ -97,6 +97,9 @@ class LeaseKeeper:
                 return
 
 
+MAX_ERROR_BACKOFF_SECONDS = 30.0
+
+
 class Worker:
     """Claims due jobs, then due evaluations, one at a time, and works on each under its lease.
 
@@ -127,15 +130,25 @@ class Worker:
     def run_forever(self, stop_event: threading.Event) -> None:
         """Work until ``stop_event`` is set; the job in hand is finished or handed back first."""
         log.info("Worker %s started", self.worker_id)
+        failures = 0
         while not stop_event.is_set():
             try:
                 worked = self.run_once(stop_event)
+                failures = 0
             except Exception:
-                log.exception("Worker %s hit an error; continuing", self.worker_id)
+                # Most often the database is unreachable: wait longer each time, never exit.
+                failures += 1
+                log.exception("Worker %s hit an error (%d in a row)", self.worker_id, failures)
                 worked = False
             if not worked:
-                stop_event.wait(self.config.idle_sleep_seconds)
+                stop_event.wait(self._pause(failures))
         log.info("Worker %s stopped", self.worker_id)
+
+    def _pause(self, failures: int) -> float:
+        idle = self.config.idle_sleep_seconds
+        if not failures:
+            return idle
+        return min(MAX_ERROR_BACKOFF_SECONDS, idle * 2**failures)
 
     def run_once(self, stop_event: threading.Event | None = None) -> bool:
         """Claim and work on one due job, else one due evaluation; False when none was due."""
@@ -192,6 +205,12 @@ def work_on_claimed_job(
             log.warning("Worker %s lost the lease of job %s", runner.worker_id, job_id)
             runner.abandon(job_id)
             return None
+        except Exception:
+            # The database (most likely) failed mid-step: the lease will expire and another
+            # worker resume the job from its checkpoint, so the trainer must not outlive us
+            # holding the job directory.
+            runner.abandon(job_id)
+            raise
     if not result.finished:
         # Stopping mid-run hands an in-worker job to the next worker at once, and stops its
         # trainer here first: the next one resumes from the last checkpoint.

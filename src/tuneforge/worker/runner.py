@@ -102,6 +102,8 @@ class JobRunner:
         self.worker_id = worker_id
         self.config = config or WorkerConfig()
         self._providers: dict[str, FineTuningProvider] = {}
+        # job id -> (provider, provider job id) of the jobs this runner polls
+        self._provider_jobs: dict[str, tuple[str, str]] = {}
 
     def provider_for(self, name: str) -> FineTuningProvider:
         """One provider instance per name, so its client and back-off state live across steps."""
@@ -138,6 +140,7 @@ class JobRunner:
         if job.status == S.CANCELLING:
             job = self._cancel_at_provider(job, provider)
         if job.status not in TERMINAL_STATUSES and job.provider_job_id is not None:
+            self._provider_jobs[job_id] = (job.provider, job.provider_job_id)
             job = self._poll(job, job.provider_job_id, provider)
         if job.status in TERMINAL_STATUSES:
             return StepResult(finished=True, next_run_after=utcnow())
@@ -150,14 +153,18 @@ class JobRunner:
         return self._later(self.settings.polling_interval_seconds)
 
     def abandon(self, job_id: str) -> None:
-        """This worker lost the job's lease: stop whatever it runs for the job here."""
-        with unit_of_work(self.session_factory) as session:
-            job = session.get(FineTuningJob, job_id)
-            if job is None:
-                return
-            provider_name, provider_job_id = job.provider, job.provider_job_id
-        if provider_job_id is not None:
-            self.provider_for(provider_name).abandon(provider_job_id)
+        """This worker lost the job's lease (or the database): stop whatever it runs for the
+        job here. The provider job polled last needs no database to find, which matters
+        when the database is what failed."""
+        known = self._provider_jobs.pop(job_id, None)
+        if known is None:
+            with unit_of_work(self.session_factory) as session:
+                job = session.get(FineTuningJob, job_id)
+                if job is None or job.provider_job_id is None:
+                    return
+                known = (job.provider, job.provider_job_id)
+        provider_name, provider_job_id = known
+        self.provider_for(provider_name).abandon(provider_job_id)
 
     def _owned(self, session: Session, job_id: str) -> FineTuningJob:
         """The job, locked; raises LeaseLost unless this worker still holds its lease."""
