@@ -20,6 +20,9 @@ from tuneforge.providers.local.stopping import resolve_patience
 BASE_LEARNING_RATE = 2e-4  # LoRA's usual rate; the job's multiplier scales it
 AUTO_INTERVALS = 10  # at least this many evaluations and checkpoints per run on auto
 EVAL_EVERY_TOKENS = 4096  # on auto, a held-out evaluation about every this many tokens
+# ...but at least this many held-out sets' worth of tokens apart: a forward-only pass costs
+# about a third of a training step per token, so evaluating stays under ~25% of the run.
+EVAL_COST_RATIO = 1.5
 
 
 @dataclass(frozen=True)
@@ -49,12 +52,15 @@ def resolve_plan(
     *,
     mean_example_tokens: float,
     holdout_examples: int,
-    has_valid: bool,
+    valid_tokens: int,
 ) -> Plan:
     """Concrete numbers for "auto" and the schedule; a batch always feeds every process.
 
     Evaluations on auto follow the tokens trained, not the run's length, so a long run at a
-    small batch is judged early and often enough for early stopping to bite."""
+    small batch is judged early and often enough for early stopping to bite; and never
+    more often than every ``EVAL_COST_RATIO`` held-out sets' worth of trained tokens, so
+    long held-out examples (tool definitions) cannot make evaluating cost more than training.
+    """
     resolved = resolve_local(hp, DatasetFigures(n_examples, mean_example_tokens))
     batch_size = min(max(resolved.batch_size, world_size), n_examples)
     if batch_size < world_size:
@@ -63,7 +69,8 @@ def resolve_plan(
     total = steps_per_epoch * resolved.n_epochs
     interval = max(1, math.ceil(total / AUTO_INTERVALS))
     step_tokens = max(1.0, batch_size * mean_example_tokens)
-    eval_interval = min(interval, max(1, round(EVAL_EVERY_TOKENS / step_tokens)))
+    eval_tokens = max(EVAL_EVERY_TOKENS, EVAL_COST_RATIO * valid_tokens)
+    eval_interval = min(interval, max(1, round(eval_tokens / step_tokens)))
     return Plan(
         n_epochs=resolved.n_epochs,
         batch_size=batch_size,
@@ -75,7 +82,7 @@ def resolve_plan(
         checkpoint_every=hp.checkpoint_every_steps or interval,
         max_seq_length=max_seq_length,
         holdout_examples=holdout_examples,
-        early_stopping_patience=resolve_patience(hp.early_stopping_patience, has_valid),
+        early_stopping_patience=resolve_patience(hp.early_stopping_patience, valid_tokens > 0),
         early_stopping_min_delta=(
             hp.early_stopping_min_delta if isinstance(hp.early_stopping_min_delta, float) else None
         ),

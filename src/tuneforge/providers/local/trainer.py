@@ -135,7 +135,7 @@ def build_run(paths: JobPaths, runtime: Runtime, reporter: Reporter) -> Training
         runtime.world_size,
         mean_example_tokens=sum(e.length for e in examples) / len(examples),
         holdout_examples=len(held_out_positions),
-        has_valid=bool(valid),
+        valid_tokens=sum(e.length for e in valid),
     )
     reporter.dataset(train, plan.max_seq_length)
     if not spec.has_validation:
