@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+from rich.console import Console
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 STREAM_RECONNECT_ATTEMPTS = 5
@@ -188,3 +190,35 @@ class ApiClient:
                 if failures > STREAM_RECONNECT_ATTEMPTS:
                     raise ApiError(0, f"Lost the stream from {self.api_url}: {exc}") from exc
                 time.sleep(STREAM_RECONNECT_DELAY_SECONDS)
+
+
+STATUS_STYLES = {
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "cancelling": "yellow",
+    "running": "cyan",
+}
+
+
+@contextmanager
+def console_client(api_url: str, token: str | None) -> Iterator[tuple[ApiClient, Console]]:
+    """A client and console; an API error becomes one red line and exit status 1."""
+    console = Console()
+    try:
+        with ApiClient(api_url, token) as client:
+            yield client, console
+    except ApiError as exc:
+        console.print(f"[red]Error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+def styled_status(status: str) -> str:
+    """A job's or evaluation's status, coloured by how it ended."""
+    style = STATUS_STYLES.get(status)
+    return f"[{style}]{status}[/{style}]" if style else status
+
+
+def short_time(value: str | None) -> str | None:
+    """ISO timestamps to the second, UTC, for reading rather than parsing."""
+    return value[:19].replace("T", " ") if value else None

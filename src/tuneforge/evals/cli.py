@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -14,7 +12,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tuneforge.api_client import DEFAULT_API_URL, ApiClient, ApiError, ApiUrlOption, TokenOption
+from tuneforge.api_client import (
+    DEFAULT_API_URL,
+    ApiClient,
+    ApiUrlOption,
+    TokenOption,
+    console_client,
+    short_time,
+    styled_status,
+)
 
 evals_app = typer.Typer(
     help="Evaluate models on a dataset's examples and compare them.", no_args_is_help=True
@@ -23,8 +29,6 @@ evals_app = typer.Typer(
 EVALS = "/evals"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 POLL_SECONDS = 1.0
-STATUS_STYLES = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
-
 EvalIdArgument = Annotated[str, typer.Argument(help="The evaluation's id.")]
 
 
@@ -53,28 +57,6 @@ GRADERS: dict[GraderChoice, dict[str, str]] = {
 }
 
 
-@contextmanager
-def _api(api_url: str, token: str | None) -> Iterator[tuple[ApiClient, Console]]:
-    """A client and console; an API error becomes one red line and exit status 1."""
-    console = Console()
-    try:
-        with ApiClient(api_url, token) as client:
-            yield client, console
-    except ApiError as exc:
-        console.print(f"[red]Error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-
-
-def _status(status: str) -> str:
-    style = STATUS_STYLES.get(status)
-    return f"[{style}]{status}[/{style}]" if style else status
-
-
-def _time(value: str | None) -> str | None:
-    """ISO timestamps to the second, UTC, for reading rather than parsing."""
-    return value[:19].replace("T", " ") if value else None
-
-
 def _grader_label(grader: dict[str, Any]) -> str:
     return grader.get("name") or " ".join(filter(None, (grader["type"], grader.get("operation"))))
 
@@ -85,13 +67,13 @@ def _print_eval(console: Console, run: dict[str, Any]) -> None:
     rows: list[tuple[str, Any]] = [
         ("id", run["id"]),
         ("name", run["name"]),
-        ("status", _status(run["status"])),
+        ("status", styled_status(run["status"])),
         ("dataset", f"{run['dataset_id']} ({run['split']})"),
         ("models", ", ".join(m["label"] or m["reference"] for m in run["models"])),
         ("graders", ", ".join(_grader_label(g) for g in run["graders"])),
         ("progress", f"{run['examples_done']} of {run['examples_total']} examples"),
-        ("created", _time(run["created_at"])),
-        ("finished", _time(run["finished_at"])),
+        ("created", short_time(run["created_at"])),
+        ("finished", short_time(run["finished_at"])),
     ]
     if run["error"]:
         rows.append(("error", f"[red]{run['error']}[/red]"))
@@ -118,7 +100,7 @@ def _follow(client: ApiClient, console: Console, run: dict[str, Any]) -> dict[st
                 task,
                 completed=run["examples_done"],
                 total=run["examples_total"],
-                description=f"{run['id']} {_status(run['status'])}",
+                description=f"{run['id']} {styled_status(run['status'])}",
             )
             if run["status"] in TERMINAL:
                 return run
@@ -163,7 +145,7 @@ def run(
         "graders": [GRADERS[choice] for choice in grader] if grader else None,
         "name": name,
     }
-    with _api(api_url, token) as (client, console):
+    with console_client(api_url, token) as (client, console):
         created = client.post(EVALS, {k: v for k, v in body.items() if v is not None})
         console.print(
             f"Created evaluation [bold]{created['id']}[/bold] "
@@ -187,7 +169,7 @@ def show(
     eval_id: EvalIdArgument, api_url: ApiUrlOption = DEFAULT_API_URL, token: TokenOption = None
 ) -> None:
     """Show an evaluation: status, progress and, once it succeeded, each model's scores."""
-    with _api(api_url, token) as (client, console):
+    with console_client(api_url, token) as (client, console):
         _print_eval(console, client.get(f"{EVALS}/{eval_id}"))
 
 
@@ -199,18 +181,18 @@ def list_evals(
     token: TokenOption = None,
 ) -> None:
     """List evaluations, newest first."""
-    with _api(api_url, token) as (client, console):
+    with console_client(api_url, token) as (client, console):
         page = client.get(EVALS, limit=limit, offset=offset)
         table = Table("id", "name", "status", "dataset", "models", "examples", "created (UTC)")
         for item in page["items"]:
             table.add_row(
                 item["id"],
                 item["name"] or "",
-                _status(item["status"]),
+                styled_status(item["status"]),
                 item["dataset_id"],
                 ", ".join(m["label"] or m["reference"] for m in item["models"]),
                 f"{item['examples_done']}/{item['examples_total']}",
-                _time(item["created_at"]),
+                short_time(item["created_at"]),
             )
         console.print(table)
         console.print(f"{len(page['items'])} of {page['total']} evaluations (offset {offset})")
@@ -221,9 +203,9 @@ def cancel(
     eval_id: EvalIdArgument, api_url: ApiUrlOption = DEFAULT_API_URL, token: TokenOption = None
 ) -> None:
     """Cancel an evaluation: at once if queued, else after the examples in hand."""
-    with _api(api_url, token) as (client, console):
+    with console_client(api_url, token) as (client, console):
         cancelled = client.post(f"{EVALS}/{eval_id}/cancel")
         if cancelled["status"] == "cancelled":
-            console.print(f"Evaluation {cancelled['id']} is {_status('cancelled')}")
+            console.print(f"Evaluation {cancelled['id']} is {styled_status('cancelled')}")
         else:
             console.print(f"Evaluation {cancelled['id']} stops after the examples in hand")

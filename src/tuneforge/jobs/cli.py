@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -12,43 +10,21 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tuneforge.api_client import DEFAULT_API_URL, ApiClient, ApiError, ApiUrlOption, TokenOption
+from tuneforge.api_client import (
+    DEFAULT_API_URL,
+    ApiClient,
+    ApiUrlOption,
+    TokenOption,
+    console_client,
+    short_time,
+    styled_status,
+)
 
 jobs_app = typer.Typer(help="Create, follow and manage fine-tuning jobs.", no_args_is_help=True)
 
 JOBS = "/fine-tuning/jobs"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-STATUS_STYLES = {
-    "succeeded": "green",
-    "failed": "red",
-    "cancelled": "yellow",
-    "cancelling": "yellow",
-    "running": "cyan",
-}
-
 JobIdArgument = Annotated[str, typer.Argument(help="The job's id.")]
-
-
-@contextmanager
-def _api(api_url: str, token: str | None) -> Iterator[tuple[ApiClient, Console]]:
-    """A client and console; an API error becomes one red line and exit status 1."""
-    console = Console()
-    try:
-        with ApiClient(api_url, token) as client:
-            yield client, console
-    except ApiError as exc:
-        console.print(f"[red]Error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-
-
-def _status(status: str) -> str:
-    style = STATUS_STYLES.get(status)
-    return f"[{style}]{status}[/{style}]" if style else status
-
-
-def _time(value: str | None) -> str | None:
-    """ISO timestamps to the second, UTC, for reading rather than parsing."""
-    return value[:19].replace("T", " ") if value else None
 
 
 def _print_job(console: Console, job: dict[str, Any]) -> None:
@@ -57,17 +33,17 @@ def _print_job(console: Console, job: dict[str, Any]) -> None:
     rows: list[tuple[str, Any]] = [
         ("id", job["id"]),
         ("name", job["name"]),
-        ("status", _status(job["status"])),
+        ("status", styled_status(job["status"])),
         ("provider / model", f"{job['provider']} / {job['model']}"),
         ("dataset", job["dataset_id"]),
         ("hyperparameters", hyperparameters),
         ("progress", f"{job['progress_percentage']:.1f}%"),
         ("trained tokens", job["trained_tokens"]),
-        ("estimated finish", _time(job["estimated_finish"])),
+        ("estimated finish", short_time(job["estimated_finish"])),
         ("fine-tuned model", job["fine_tuned_model"]),
         ("model id", job["fine_tuned_model_id"]),
-        ("created", _time(job["created_at"])),
-        ("finished", _time(job["finished_at"])),
+        ("created", short_time(job["created_at"])),
+        ("finished", short_time(job["finished_at"])),
     ]
     for name, value in (job["latest_metrics"] or {}).items():
         rows.append((name, f"{value:.4f}"))
@@ -95,12 +71,14 @@ def _follow(client: ApiClient, console: Console, job_id: str) -> dict[str, Any]:
             data = json.loads(message.data)
             if message.event == "status":
                 job = data
-                description = f"{job_id} {_status(job['status'])}"
+                description = f"{job_id} {styled_status(job['status'])}"
                 progress.update(task, completed=job["progress_percentage"], description=description)
             elif message.event == "metric" and data["name"] == "train_loss":
                 progress.update(task, loss=f"train loss {data['value']:.4f}")
             elif message.event == "event":
-                progress.console.print(f"[dim]{_time(data['created_at'])}[/dim] {data['message']}")
+                progress.console.print(
+                    f"[dim]{short_time(data['created_at'])}[/dim] {data['message']}"
+                )
     return job
 
 
@@ -147,7 +125,7 @@ def create(
         "name": name,
         "validation_dataset_id": validation_dataset,
     }
-    with _api(api_url, token) as (client, console):
+    with console_client(api_url, token) as (client, console):
         job = client.post(JOBS, {k: v for k, v in body.items() if v is not None})
         if not follow:
             _print_job(console, job)
@@ -161,7 +139,7 @@ def follow_job(
     job_id: JobIdArgument, api_url: ApiUrlOption = DEFAULT_API_URL, token: TokenOption = None
 ) -> None:
     """Watch a job live until it ends (exit 1 unless it succeeds)."""
-    with _api(api_url, token) as (client, console):
+    with console_client(api_url, token) as (client, console):
         _finish_following(client, console, job_id)
 
 
@@ -178,7 +156,7 @@ def list_jobs(
     token: TokenOption = None,
 ) -> None:
     """List jobs, newest first."""
-    with _api(api_url, token) as (client, console):
+    with console_client(api_url, token) as (client, console):
         page = client.get(
             JOBS, status=status, provider=provider, dataset_id=dataset, limit=limit, offset=offset
         )
@@ -187,11 +165,11 @@ def list_jobs(
             table.add_row(
                 job["id"],
                 job["name"] or "",
-                _status(job["status"]),
+                styled_status(job["status"]),
                 job["provider"],
                 job["model"],
                 f"{job['progress_percentage']:.0f}%",
-                _time(job["created_at"]),
+                short_time(job["created_at"]),
             )
         console.print(table)
         shown = len(page["items"])
@@ -203,7 +181,7 @@ def get_job(
     job_id: JobIdArgument, api_url: ApiUrlOption = DEFAULT_API_URL, token: TokenOption = None
 ) -> None:
     """Show a job: status, progress, hyperparameters, latest metrics, error and model."""
-    with _api(api_url, token) as (client, console):
+    with console_client(api_url, token) as (client, console):
         _print_job(console, client.get(f"{JOBS}/{job_id}"))
 
 
@@ -212,9 +190,9 @@ def cancel(
     job_id: JobIdArgument, api_url: ApiUrlOption = DEFAULT_API_URL, token: TokenOption = None
 ) -> None:
     """Cancel a job; one a provider already runs stays 'cancelling' until it stops."""
-    with _api(api_url, token) as (client, console):
+    with console_client(api_url, token) as (client, console):
         job = client.post(f"{JOBS}/{job_id}/cancel")
-        console.print(f"Job {job['id']} is {_status(job['status'])}")
+        console.print(f"Job {job['id']} is {styled_status(job['status'])}")
 
 
 @jobs_app.command()
@@ -226,12 +204,14 @@ def events(
     token: TokenOption = None,
 ) -> None:
     """List a job's events, newest first."""
-    with _api(api_url, token) as (client, console):
+    with console_client(api_url, token) as (client, console):
         page = client.get(f"{JOBS}/{job_id}/events", limit=limit, after=after)
         table = Table("id", "time (UTC)", "level", "message")
         for event in page["data"]:
             level = "[red]error[/red]" if event["level"] == "error" else event["level"]
-            table.add_row(str(event["id"]), _time(event["created_at"]), level, event["message"])
+            table.add_row(
+                str(event["id"]), short_time(event["created_at"]), level, event["message"]
+            )
         console.print(table)
         if page["has_more"]:
             oldest = page["data"][-1]["id"]
