@@ -9,11 +9,10 @@ model and the fine-tune each held-out request through ``/v1/chat/completions`` w
 official ``openai`` SDK (``tools``, greedy). Replies are graded with the evaluations'
 tool call match (same functions, same parsed arguments; no call where none is due).
 
-Goal: the fine-tune scores >= 90% on held-out data. It also prints the tokens/s of a
-held-out pass with ``tool_choice="required"`` (constrained decoding) against the same
-pass on ``auto``, the cost of the grammar (goal: <= 20% of tokens/s).
+Goal: the fine-tune scores >= 90% on held-out data. (What constrained decoding costs is
+``benchmarks/constrained_overhead.py``'s figure.)
 
-    python benchmarks/tool_calling.py            # ~20 minutes on 2 cores
+    python benchmarks/tool_calling.py            # ~30 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ from tuneforge.store.base_models import DEFAULT_MODEL, pull_builtin_model
 TRAIN_EXAMPLES = 300
 HELD_OUT_EXAMPLES = 60
 GOAL_SCORE = 90.0
-GOAL_GRAMMAR_COST = 0.20
+MAX_REPLY_TOKENS = 64  # a call here is under 50 tokens; a rambling base model stops there
 SYSTEM = "You are the assistant of a shop and restaurant. Use a tool when one fits."
 REASONS = ["changed_mind", "too_late", "duplicate"]
 DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
@@ -177,7 +176,7 @@ def score(
             messages=example["messages"][:-1],
             tools=example["tools"],
             temperature=0,
-            max_tokens=96,
+            max_tokens=MAX_REPLY_TOKENS,
             **options,
         )
         message = reply.choices[0].message
@@ -240,10 +239,6 @@ def main() -> None:
         if job["status"] != "succeeded":
             raise SystemExit(f"job {job['status']}: {job['error']}")
         tuned_score, tuned_rate = score(sdk, job["fine_tuned_model_id"], test)
-        calls = [e for e in test if e["messages"][-1].get("tool_calls")]
-        _, required_rate = score(sdk, job["fine_tuned_model_id"], calls, tool_choice="required")
-        _, auto_calls_rate = score(sdk, job["fine_tuned_model_id"], calls)
-    cost = 1 - required_rate / auto_calls_rate
     print(
         f"\n| model | tool call match (held-out) |\n| --- | ---: |\n"
         f"| base {DEFAULT_MODEL} | {base_score:.1f}% |\n| auto fine-tune | {tuned_score:.1f}% |\n"
@@ -251,10 +246,6 @@ def main() -> None:
     print(
         f"training: {seconds:.0f} s wall; generation {auto_rate:.1f} tokens/s base, "
         f"{tuned_rate:.1f} fine-tune"
-    )
-    print(
-        f"constrained (tool_choice=required) {required_rate:.1f} vs auto {auto_calls_rate:.1f} "
-        f"tokens/s: the grammar costs {cost:.0%} (goal <= {GOAL_GRAMMAR_COST:.0%})"
     )
     verdict = "met" if tuned_score >= GOAL_SCORE else "MISSED"
     print(f"goal >= {GOAL_SCORE:.0f}% tool call match: {verdict}")
