@@ -14,6 +14,7 @@ from tuneforge.store.base_models import DEFAULT_MODEL, pull_builtin_model
 
 pytestmark = [
     pytest.mark.slow,  # the real model, 50 generations
+    pytest.mark.timeout(1200),  # minutes on a busy 2-core machine
     pytest.mark.parametrize("migrated_database_url", ["sqlite"], indirect=True),
 ]
 CONTACT = {

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.fixtures.browser import LiveApp, check_page
+from tests.fixtures.browser import LiveApp, check_page, wait_for_expression
 from tests.fixtures.files import chat, jsonl
 from tests.fixtures.tiny_model import TINY_BASE_MODEL
 from tuneforge.store.base_models import MARKER_FILE
@@ -121,9 +121,9 @@ def test_full_journey(page: Page, live_app: LiveApp, tmp_path: Path) -> None:
     page.get_by_role("button", name="Create job").click()
     expect(page).to_have_url(re.compile(r"/dashboard/fine-tuning/jobs/[0-9a-f]{32}$"))
 
-    page.wait_for_function("window.Chart && Chart.getChart('loss-chart') !== undefined")
+    wait_for_expression(page, "window.Chart && Chart.getChart('loss-chart') !== undefined")
     initial_points = page.evaluate(LOSS_POINTS)
-    page.wait_for_function(f"{LOSS_POINTS} > {initial_points}", timeout=60_000)
+    wait_for_expression(page, f"{LOSS_POINTS} > {initial_points}", timeout_ms=60_000)
     expect(page.get_by_text("Open the model")).to_be_visible(timeout=120_000)
     assert page.evaluate(LOSS_POINTS) >= 3
     expect(page.locator("#job-progress-value")).to_have_text("100%")

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuneforge.errors import PayloadTooLarge
+from tuneforge.inference.endpoints import openai_error
 
 
 def _field_with_nul(body: bytes) -> str | None:
@@ -49,21 +50,13 @@ def _field_with_nul(body: bytes) -> str | None:
 async def _refuse_nul(scope: Scope, receive: Receive, send: Send, field: str) -> None:
     message = f"{field}: must not contain a NUL character"
     if scope["path"].startswith("/v1/"):
-        body: dict[str, object] = {
-            "error": {
-                "message": message,
-                "type": "invalid_request_error",
-                "param": field.removeprefix("body."),
-                "code": "validation_error",
-            }
-        }
+        param = field.removeprefix("body.")
+        response = openai_error(422, "validation_error", message, param)
     else:
-        body = {
-            "error": "validation_error",
-            "detail": message,
-            "fields": [{"field": field, "message": "must not contain a NUL character"}],
-        }
-    await JSONResponse(body, status_code=422)(scope, receive, send)
+        fields = [{"field": field, "message": "must not contain a NUL character"}]
+        body = {"error": "validation_error", "detail": message, "fields": fields}
+        response = JSONResponse(body, status_code=422)
+    await response(scope, receive, send)
 
 
 class JsonBodyChecks:
@@ -107,15 +100,10 @@ class JsonBodyChecks:
             f"The request body exceeds the limit of {self.limit} bytes", limit_bytes=self.limit
         )
         if scope["path"].startswith("/v1/"):
-            body: dict[str, object] = {
-                "error": {
-                    "message": error.detail,
-                    "type": "invalid_request_error",
-                    "param": None,
-                    "code": error.error,
-                }
-            }
+            response = openai_error(
+                error.status_code, error.error, error.detail, headers=error.headers
+            )
         else:
             body = {"error": error.error, "detail": error.detail, **error.extra}
-        response = JSONResponse(body, status_code=error.status_code, headers=error.headers)
+            response = JSONResponse(body, status_code=error.status_code, headers=error.headers)
         await response(scope, receive, send)
