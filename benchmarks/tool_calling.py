@@ -195,7 +195,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path("var/bench-tools"))
     args = parser.parse_args()
-    train, test = examples(TRAIN_EXAMPLES, seed=1), None
+    train = examples(TRAIN_EXAMPLES, seed=1)
     test = held_out(train)
     settings = Settings(data_dir=args.data_dir, database_url=f"sqlite:///{args.data_dir}/bench.db")
     settings.ensure_data_dir()

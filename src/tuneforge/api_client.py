@@ -192,6 +192,7 @@ class ApiClient:
                 time.sleep(STREAM_RECONNECT_DELAY_SECONDS)
 
 
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 STATUS_STYLES = {
     "succeeded": "green",
     "failed": "red",

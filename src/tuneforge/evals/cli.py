@@ -14,6 +14,7 @@ from rich.table import Table
 
 from tuneforge.api_client import (
     DEFAULT_API_URL,
+    TERMINAL_STATUSES,
     ApiClient,
     ApiUrlOption,
     TokenOption,
@@ -27,7 +28,6 @@ evals_app = typer.Typer(
 )
 
 EVALS = "/evals"
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 POLL_SECONDS = 1.0
 EvalIdArgument = Annotated[str, typer.Argument(help="The evaluation's id.")]
 
@@ -102,7 +102,7 @@ def _follow(client: ApiClient, console: Console, run: dict[str, Any]) -> dict[st
                 total=run["examples_total"],
                 description=f"{run['id']} {styled_status(run['status'])}",
             )
-            if run["status"] in TERMINAL:
+            if run["status"] in TERMINAL_STATUSES:
                 return run
             time.sleep(POLL_SECONDS)
             run = client.get(f"{EVALS}/{run['id']}")

@@ -51,13 +51,14 @@ class GenerationSlots:
                     retry_after=self.RETRY_AFTER_SECONDS,
                 )
             self._busy[organization_id] = busy + 1
-        released = threading.Event()
+        released = False
 
         def release() -> None:
+            nonlocal released
             with self._lock:
-                if released.is_set():
+                if released:
                     return
-                released.set()
+                released = True
                 left = self._busy[organization_id] - 1
                 if left:
                     self._busy[organization_id] = left

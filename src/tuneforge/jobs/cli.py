@@ -23,7 +23,6 @@ from tuneforge.api_client import (
 jobs_app = typer.Typer(help="Create, follow and manage fine-tuning jobs.", no_args_is_help=True)
 
 JOBS = "/fine-tuning/jobs"
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 JobIdArgument = Annotated[str, typer.Argument(help="The job's id.")]
 
 
