@@ -8,13 +8,12 @@ reached torch.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.fixtures.api import Account
-from tests.fixtures.factories import Factories
+from tests.fixtures.factories import Ids
 from tests.web.conftest import sign_in
 from tuneforge.app import create_app
 from tuneforge.config import Settings
@@ -23,21 +22,6 @@ from tuneforge.inference.calls import InferenceRuntime
 HUGE = 2**63
 EARLY = "0001-01-01T00:00:00+05:00"
 LATE = "9999-12-31T23:59:59-05:00"
-
-
-@dataclass
-class Ids:
-    agent: str
-    dataset: str
-    job: str
-    model: str
-
-
-@pytest.fixture
-def ids(factories: Factories, account: Account) -> Ids:
-    org = account.organization_id
-    model = factories.model(org)
-    return Ids(factories.agent(org).id, model.dataset_id or "", model.job_id, model.id)
 
 
 def api_cases(ids: Ids) -> list[tuple[str, str, dict | None, str]]:

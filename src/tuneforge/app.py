@@ -36,10 +36,11 @@ from tuneforge.evals.endpoints import router as evals_router
 from tuneforge.inference.calls import GenerationSlots, InferenceRuntime
 from tuneforge.inference.endpoints import agent_chat_router, openai_router
 from tuneforge.inference.engine import InferenceEngine
-from tuneforge.inference.schemas import OpenAIErrorBody
 from tuneforge.jobs.endpoints import router as jobs_router
 from tuneforge.models.endpoints import checkpoint_router, stats_router
 from tuneforge.models.endpoints import router as models_router
+from tuneforge.openai_compat.endpoints import router as openai_fine_tuning_router
+from tuneforge.openai_errors import OpenAIErrorBody
 from tuneforge.providers.endpoints import router as base_models_router
 from tuneforge.state import AppState
 from tuneforge.web.errors import install_dashboard_error_pages
@@ -47,6 +48,8 @@ from tuneforge.web.headers import SecurityHeaders
 from tuneforge.web.json_body import JsonBodyChecks
 from tuneforge.web.routes import router as web_router
 from tuneforge.web.templating import WEB_DIR
+from tuneforge.webhooks.endpoints import router as webhooks_router
+from tuneforge.webhooks.openai_endpoints import router as openai_webhooks_router
 from tuneforge.worker.endpoints import router as sync_router
 from tuneforge.worker.loop import WorkerThread
 
@@ -158,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models_router)
     app.include_router(checkpoint_router)
     app.include_router(stats_router)
+    app.include_router(webhooks_router)
     app.include_router(web_router)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
 
@@ -167,6 +171,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(FAVICON, media_type="image/x-icon")
 
     app.include_router(openai_router)
+    app.include_router(openai_fine_tuning_router)
+    app.include_router(openai_webhooks_router)
     return app
 
 

@@ -52,6 +52,7 @@ def worker() -> None:
     from tuneforge.db.engine import make_engine, make_session_factory
     from tuneforge.db.migrate import ensure_migrated
     from tuneforge.errors import TuneForgeError
+    from tuneforge.webhooks.delivery import DeliveryConfig, DeliveryThreads
     from tuneforge.worker.loop import Worker
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -67,7 +68,10 @@ def worker() -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    job_worker = Worker(make_session_factory(engine), settings)
+    session_factory = make_session_factory(engine)
+    job_worker = Worker(session_factory, settings)
+    webhooks = DeliveryThreads(session_factory, DeliveryConfig.from_settings(settings)).start()
     typer.echo(f"Worker {job_worker.worker_id} is taking jobs; SIGTERM stops it gracefully.")
     job_worker.run_forever(stop)
+    webhooks.stop()
     engine.dispose()

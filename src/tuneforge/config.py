@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     inference_cache_bytes: int = 4 * 1024**3
     openai_timeout_seconds: float = 30.0
+    # Webhook receivers on private, loopback or link-local addresses are refused unless set
+    # (a URL a user types must not reach the operator's internal network).
+    webhook_allow_private_destinations: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     training_prices_per_million_tokens: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_PRICES_PER_MILLION_TRAINING_TOKENS)
     )

@@ -132,8 +132,9 @@ def test_models_lists_active_local_models_of_the_organization(
     models = sdk.models.list()
 
     ids = [model.id for model in models.data]
-    assert ids == [fine_tuned.id, TINY_BASE_MODEL]
-    assert {archived.id, remote.id, foreign.id}.isdisjoint(ids)
+    assert ids == [fine_tuned.name, TINY_BASE_MODEL]  # an ft: name lists as OpenAI lists it
+    assert fine_tuned.name.startswith("ft:")
+    assert {archived.name, remote.name, foreign.name}.isdisjoint(ids)
     assert models.data[0].object == "model"
     assert models.data[0].owned_by == account.organization_id
 

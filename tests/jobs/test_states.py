@@ -18,6 +18,7 @@ from tuneforge.errors import NotFound
 from tuneforge.jobs.states import (
     ACTIVE_STATUSES,
     ALLOWED_TRANSITIONS,
+    IDLE_STATUSES,
     TERMINAL_STATUSES,
     InvalidTransition,
     JobUpdate,
@@ -100,11 +101,10 @@ def test_transition_pair(
         assert event.data == {"from": current.value, "to": target.value}
         assert event.message == f"Job status changed from {current.value} to {target.value}"
         assert event.level == ("error" if target == JobStatus.FAILED else "info")
-        if target in TERMINAL_STATUSES:
-            assert job.finished_at is not None
+        assert (job.finished_at is not None) == (target in TERMINAL_STATUSES)
+        if target in IDLE_STATUSES:
             assert (job.lease_owner, job.lease_expires_at, job.run_after) == (None, None, None)
         else:
-            assert job.finished_at is None
             assert job.lease_owner == "worker"
         assert (job.started_at is not None) == (target == JobStatus.RUNNING)
         assert (job.progress_percentage == 100.0) == (target == JobStatus.SUCCEEDED)

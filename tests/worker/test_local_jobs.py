@@ -29,6 +29,7 @@ from tuneforge.db.base import utcnow
 from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobMetric, JobStatus
 from tuneforge.db.tables.models import FineTunedModel
 from tuneforge.providers.local.jobdir import checkpoint_dirs, job_paths, read_status
+from tuneforge.providers.local.provider import JOB_DIR_NOT_VISIBLE
 from tuneforge.store.base_models import register_local_model
 from tuneforge.worker.loop import Worker
 from tuneforge.worker.runner import WorkerConfig
@@ -177,18 +178,24 @@ def test_the_next_worker_resumes_a_killed_workers_job_from_its_checkpoint(
     assert adapter_config["r"] == HYPERPARAMETERS["lora_r"]
 
 
+def stop_after_a_checkpoint(factory: Factory, settings: Settings, job_id: str) -> None:
+    """Run the job on a worker that stops once the trainer has written a checkpoint."""
+    stop = threading.Event()
+
+    def stop_then() -> None:
+        wait_for(lambda: bool(checkpoint_dirs(job_paths(settings, job_id))))
+        stop.set()
+
+    in_background(stop_then)
+    Worker(factory, settings, "stopping", FAST).run_once(stop)
+
+
 def test_a_worker_that_stops_mid_training_kills_its_trainer_and_hands_the_job_back(
     session_factory: Factory, settings: Settings, local_job: str
 ) -> None:
     paths = job_paths(settings, local_job)
-    stop = threading.Event()
 
-    def stop_after_a_checkpoint() -> None:
-        wait_for(lambda: bool(checkpoint_dirs(paths)))
-        stop.set()
-
-    in_background(stop_after_a_checkpoint)
-    Worker(session_factory, settings, "stopping", FAST).run_once(stop)
+    stop_after_a_checkpoint(session_factory, settings, local_job)
 
     assert process_gone(read_status(paths)["pid"])
     assert read_status(paths)["state"] == "running"
@@ -196,6 +203,21 @@ def test_a_worker_that_stops_mid_training_kills_its_trainer_and_hands_the_job_ba
     job = load(session_factory, local_job)
     assert (job.status, job.lease_owner) == (JobStatus.RUNNING, None)
     assert job.run_after is not None and job.run_after <= utcnow()
+
+
+def test_a_worker_that_cannot_see_the_job_directory_fails_the_job_clearly(
+    session_factory: Factory, settings: Settings, local_job: str, tmp_path: Path
+) -> None:
+    stop_after_a_checkpoint(session_factory, settings, local_job)
+    elsewhere = settings.model_copy(update={"data_dir": tmp_path / "elsewhere"})
+
+    Worker(session_factory, elsewhere, "elsewhere", FAST).run_once()
+
+    job = load(session_factory, local_job)
+    assert (job.status, job.error_code) == (JobStatus.FAILED, JOB_DIR_NOT_VISIBLE)
+    assert str(job_paths(elsewhere, local_job).root.resolve()) in (job.error_message or "")
+    assert not job_paths(elsewhere, local_job).root.exists()  # not trained again from step 0
+    assert checkpoint_dirs(job_paths(settings, local_job))
 
 
 def test_a_worker_that_loses_the_lease_kills_its_trainer_without_cancelling(

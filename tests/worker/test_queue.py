@@ -301,6 +301,7 @@ class InWorkerTrainer:
 
     name = "in-worker"
     runs_in_worker = True
+    can_pause = False
     serves_models_here = False
 
     def __init__(self, polls: int, on_poll: Callable[[int], None]) -> None:
@@ -343,6 +344,9 @@ class InWorkerTrainer:
         return []
 
     def cancel(self, provider_job_id: str) -> None:
+        return None
+
+    def pause(self, provider_job_id: str) -> None:
         return None
 
     def abandon(self, provider_job_id: str) -> None:

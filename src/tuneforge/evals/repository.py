@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from tuneforge.db.scoping import org_scoped
 from tuneforge.db.tables.datasets import ExampleSplit, TrainingExample
 from tuneforge.db.tables.evals import EvalResult, EvalRun, EvalStatus
+from tuneforge.webhooks.outbox import EVAL_RUN_EVENTS, record_event
 
 
 def list_runs(
@@ -80,9 +81,11 @@ def finish(
     at: datetime,
     error: str | None = None,
 ) -> None:
+    """End the run, and queue its webhook event in the same transaction."""
     run.status = status
     run.finished_at = at
     run.error_message = error
     run.lease_owner = None
     run.lease_expires_at = None
+    record_event(session, run.organization_id, EVAL_RUN_EVENTS[status], run.id)
     session.flush()

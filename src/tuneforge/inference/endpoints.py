@@ -7,14 +7,11 @@ key's ``last_used_at`` write.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
 
 from tuneforge.auth.deps import BriefPrincipalDep
 from tuneforge.errors import (
@@ -23,10 +20,8 @@ from tuneforge.errors import (
     InvalidInput,
     NotFound,
     ServiceUnavailable,
-    TuneForgeError,
     Unauthorized,
     error_responses,
-    http_error_code,
 )
 from tuneforge.inference import service
 from tuneforge.inference.deps import RuntimeDep
@@ -36,8 +31,8 @@ from tuneforge.inference.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
     ModelList,
-    OpenAIErrorBody,
 )
+from tuneforge.openai_errors import OpenAIErrorRoute, openai_error_responses
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -46,13 +41,6 @@ SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
 GENERATION_ERRORS = error_responses(
     Unauthorized, Forbidden, NotFound, Conflict, InvalidInput, ServiceUnavailable
 )
-
-
-def _openai_error_responses(*errors: type[TuneForgeError]) -> dict[int | str, dict[str, Any]]:
-    return {
-        status: entry | {"model": OpenAIErrorBody}
-        for status, entry in error_responses(*errors).items()
-    }
 
 
 def _event_stream(events: AsyncIterator[str]) -> StreamingResponse:
@@ -85,52 +73,6 @@ def chat_with_agent(
     return service.chat_with_agent(runtime, caller.organization_id, agent_id, body)
 
 
-def openai_error(
-    status_code: int,
-    code: str,
-    message: str,
-    param: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    """OpenAI's error shape: its SDKs take the message from ``error.message`` only.
-
-    ``detail`` repeats the message so the body still reads like the rest of our API.
-    """
-    kind = "server_error" if status_code >= 500 else "invalid_request_error"
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    if status_code == 401:
-        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
-    return JSONResponse(
-        status_code=status_code, content=body | {"detail": message}, headers=headers
-    )
-
-
-class OpenAIErrorRoute(APIRoute):
-    """Renders errors (from dependencies and validation too) in OpenAI's shape."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except TuneForgeError as exc:
-                field = exc.extra.get("field")
-                return openai_error(exc.status_code, exc.error, exc.detail, field, exc.headers)
-            except StarletteHTTPException as exc:
-                code = http_error_code(exc.status_code)
-                return openai_error(exc.status_code, code, str(exc.detail))
-            except RequestValidationError as exc:
-                fields = [
-                    (".".join(str(part) for part in err["loc"][1:]), err["msg"])
-                    for err in exc.errors()
-                ]
-                message = "; ".join(f"{field}: {msg}" for field, msg in fields)
-                return openai_error(422, "validation_error", message, fields[0][0] or None)
-
-        return handle
-
-
 openai_router = APIRouter(prefix="/v1", tags=["openai-compatible"], route_class=OpenAIErrorRoute)
 
 
@@ -144,7 +86,7 @@ openai_router = APIRouter(prefix="/v1", tags=["openai-compatible"], route_class=
     ),
     response_model=ChatCompletion,
     responses=SSE_RESPONSE
-    | _openai_error_responses(NotFound, InvalidInput, Unauthorized, ServiceUnavailable),
+    | openai_error_responses(NotFound, InvalidInput, Unauthorized, ServiceUnavailable),
 )
 def create_chat_completion(
     body: ChatCompletionRequest, caller: BriefPrincipalDep, runtime: RuntimeDep
@@ -159,7 +101,7 @@ def create_chat_completion(
     "/models",
     summary="Models this organization can call: its local fine-tuned models and base models",
     response_model=ModelList,
-    responses=_openai_error_responses(Unauthorized),
+    responses=openai_error_responses(Unauthorized),
 )
 def list_models(caller: BriefPrincipalDep, runtime: RuntimeDep) -> ModelList:
     return service.list_models(runtime, caller.organization_id)

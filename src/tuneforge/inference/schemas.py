@@ -293,20 +293,6 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
-class OpenAIErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None
-    code: str
-
-
-class OpenAIErrorBody(BaseModel):
-    """Errors of the ``/v1`` API; ``detail`` repeats the message, as in the rest of the API."""
-
-    error: OpenAIErrorDetail
-    detail: str
-
-
 class ModelCard(BaseModel):
     id: str = Field(description="What to pass as `model`: a fine-tuned model's id, or a name.")
     object: Literal["model"] = "model"

@@ -18,8 +18,13 @@ from tuneforge.errors import Conflict, InvalidInput, NotFound
 from tuneforge.inference import repository
 from tuneforge.inference.engine import ModelSource
 from tuneforge.inference.schemas import ModelCard
+from tuneforge.jobs.service import job_model_name
 from tuneforge.providers.catalog import find_base_model, list_base_models
-from tuneforge.providers.contract import ModelUnavailable
+from tuneforge.providers.contract import (
+    ModelUnavailable,
+    checkpoint_model_name,
+    parse_checkpoint_model_name,
+)
 from tuneforge.providers.registry import get_provider, providers_serving_here
 from tuneforge.store.base_models import pull_command
 
@@ -41,6 +46,9 @@ def resolve_model(
     """``model`` of an OpenAI-style request: a fine-tuned model's id or name, else a base model."""
     matches = repository.find_models_by_reference(session, organization_id, reference)
     if not matches:
+        checkpoint = parse_checkpoint_model_name(reference)
+        if checkpoint is not None:
+            return _checkpoint_target(session, settings, organization_id, reference, *checkpoint)
         return _base_target(settings, reference)
     model = matches[0]
     if model.status != ModelStatus.ACTIVE:
@@ -75,18 +83,29 @@ def resolve_agent_model(session: Session, settings: Settings, agent: Agent) -> M
 
 def list_model_cards(session: Session, settings: Settings, organization_id: str) -> list[ModelCard]:
     """Active fine-tuned models of the organization served here, then base models on this disk."""
+    serving = providers_serving_here(settings)
     cards = [
         ModelCard(
-            id=model.id,
+            id=model.name if model.name.startswith("ft:") else model.id,
             created=int(model.created_at.timestamp()),
             owned_by=organization_id,
             name=model.name,
             base_model=model.base_model,
         )
-        for model in repository.list_servable_models(
-            session, organization_id, providers_serving_here(settings)
-        )
+        for model in repository.list_servable_models(session, organization_id, serving)
     ]
+    for job, checkpoint in repository.list_servable_checkpoints(session, organization_id, serving):
+        name = checkpoint_model_name(job_model_name(session, job), checkpoint.step)
+        created = int(checkpoint.created_at.timestamp())
+        cards.append(
+            ModelCard(
+                id=name,
+                created=created,
+                owned_by=organization_id,
+                name=name,
+                base_model=job.base_model,
+            )
+        )
     for name, path in servable_base_models(settings).items():
         config = path / "config.json"
         if config.is_file():
@@ -121,6 +140,31 @@ def _base_target(settings: Settings, name: str) -> ModelTarget:
             f"Base model {name} is not installed in the model store; run `{pull_command(name)}`"
         )
     return ModelTarget(public_id=name, source=ModelSource(name, path))
+
+
+def _checkpoint_target(
+    session: Session,
+    settings: Settings,
+    organization_id: str,
+    reference: str,
+    job_id: str,
+    step: int,
+) -> ModelTarget:
+    """A job's kept checkpoint by OpenAI's name for it (``ft:…:ckpt-step-N``)."""
+    found = repository.find_job_checkpoint(session, organization_id, job_id, step)
+    if found is None:
+        raise NotFound(f"Model {reference} not found", field="model")
+    job, checkpoint = found
+    files = get_provider(job.provider, settings).servable_files(
+        checkpoint.model_reference or "", job.base_model
+    )
+    if files is None:
+        raise InvalidInput(
+            f"Model {reference} is hosted by {job.provider}; call it through {job.provider}",
+            field="model",
+        )
+    source = ModelSource(reference, files.base_path, files.adapter_path)
+    return ModelTarget(public_id=reference, source=source)
 
 
 def _fine_tuned_target(settings: Settings, model: FineTunedModel) -> ModelTarget:

@@ -41,7 +41,7 @@ router = APIRouter(prefix="/fine-tuning/jobs", tags=["jobs"])
 
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size.")]
 
-_METADATA_FILTER_DOC = {
+METADATA_FILTER_DOC = {
     "parameters": [
         {
             "name": "metadata",
@@ -56,7 +56,7 @@ _METADATA_FILTER_DOC = {
 }
 
 
-def _metadata_filter(request: Request) -> dict[str, str]:
+def metadata_filter(request: Request) -> dict[str, str]:
     """``metadata[key]=value`` pairs, which FastAPI cannot declare as parameters."""
     pairs = {}
     for name, value in request.query_params.multi_items():
@@ -96,7 +96,7 @@ def estimate_job(
     summary="List the organization's jobs, newest first",
     response_model=JobPage,
     responses=error_responses(Unauthorized, InvalidInput),
-    openapi_extra=_METADATA_FILTER_DOC,
+    openapi_extra=METADATA_FILTER_DOC,
 )
 async def list_jobs(
     request: Request,
@@ -114,7 +114,7 @@ async def list_jobs(
         statuses=status_ or (),
         provider=provider,
         dataset_id=dataset_id,
-        metadata=_metadata_filter(request),
+        metadata=metadata_filter(request),
     )
     items, total = await run_in_threadpool(
         service.list_jobs,
@@ -145,6 +145,30 @@ async def get_job(job_id: str, principal: PrincipalDep, session: SessionDep) -> 
 )
 def cancel_job(job_id: str, principal: PrincipalDep, session: SessionDep) -> JobOut:
     job = service.cancel_job(session, principal.organization_id, job_id)
+    return service.describe_job(session, principal.organization_id, job)
+
+
+@router.post(
+    "/{job_id}/pause",
+    summary="Pause a job: its run is checkpointed and its worker freed until it is resumed",
+    response_model=JobOut,
+    responses=error_responses(Unauthorized, NotFound, Conflict, InvalidInput),
+)
+def pause_job(
+    job_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> JobOut:
+    job = service.pause_job(session, settings, principal.organization_id, job_id)
+    return service.describe_job(session, principal.organization_id, job)
+
+
+@router.post(
+    "/{job_id}/resume",
+    summary="Resume a paused job from the checkpoint it paused at",
+    response_model=JobOut,
+    responses=error_responses(Unauthorized, NotFound, Conflict),
+)
+def resume_job(job_id: str, principal: PrincipalDep, session: SessionDep) -> JobOut:
+    job = service.resume_job(session, principal.organization_id, job_id)
     return service.describe_job(session, principal.organization_id, job)
 
 

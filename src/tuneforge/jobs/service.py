@@ -18,6 +18,7 @@ from tuneforge.datasets.service import require_valid_dataset
 from tuneforge.datasets.validation import ValidationReport
 from tuneforge.db.base import utcnow
 from tuneforge.db.scoping import get_owned
+from tuneforge.db.tables.auth import Organization
 from tuneforge.db.tables.datasets import FineTuningDataset
 from tuneforge.db.tables.jobs import (
     FineTuningEvent,
@@ -45,6 +46,8 @@ from tuneforge.providers.contract import (
     DatasetFigures,
     FineTuningProvider,
     ResolvedHyperparameters,
+    fine_tuned_model_name,
+    name_part,
     resolve_by_openai_rules,
     shared_hyperparameters,
 )
@@ -238,6 +241,49 @@ def cancel_job(session: Session, organization_id: str, job_id: str) -> FineTunin
     )
 
 
+def pause_job(
+    session: Session, settings: Settings, organization_id: str, job_id: str
+) -> FineTuningJob:
+    """Park a job: what has not started is paused at once; a run is handed to its worker,
+    which checkpoints it and frees itself. Pausing a paused or pausing job changes nothing."""
+    job = get_owned(
+        session, FineTuningJob, job_id, organization_id, label=JOB_LABEL, for_update=True
+    )
+    if job.status in (S.PAUSED, S.PAUSING):
+        return job
+    if job.status in TERMINAL_STATUSES or job.status == S.CANCELLING:
+        raise Conflict(
+            f"Job {job.id} is {job.status.value}; only a live job can be paused",
+            status=job.status.value,
+        )
+    if not get_provider(job.provider, settings).can_pause:
+        raise InvalidInput(
+            f"Jobs of provider {job.provider!r} cannot be paused here", field="provider"
+        )
+    if job.status == S.PENDING:
+        return transition_job(session, job.id, S.PAUSED, message="Paused before training started")
+    return transition_job(
+        session,
+        job.id,
+        S.PAUSING,
+        message="Pause requested: the run is checkpointed, then stops",
+        update=JobUpdate(run_after=utcnow()),
+    )
+
+
+def resume_job(session: Session, organization_id: str, job_id: str) -> FineTuningJob:
+    """Queue a paused job again; a worker continues it from the checkpoint it paused at."""
+    job = get_owned(
+        session, FineTuningJob, job_id, organization_id, label=JOB_LABEL, for_update=True
+    )
+    if job.status != S.PAUSED:
+        raise Conflict(f"Job {job.id} is {job.status.value}, not paused", status=job.status.value)
+    target = S.QUEUED if job.provider_job_id else S.PENDING
+    return transition_job(
+        session, job.id, target, message="Resumed", update=JobUpdate(run_after=utcnow())
+    )
+
+
 @dataclass(frozen=True)
 class TrainingVerdict:
     """How a run was judged, from what its trainer reported (the job page's summary)."""
@@ -294,6 +340,15 @@ def list_metrics(
     return repository.list_metrics(
         session, job.id, names=names, min_step=min_step, max_step=max_step, limit=limit
     )
+
+
+def job_model_name(session: Session, job: FineTuningJob) -> str:
+    """The job's model name, known once it succeeded; before that, the one it will get."""
+    if job.fine_tuned_model_name:
+        return job.fine_tuned_model_name
+    organization = session.get(Organization, job.organization_id)
+    owner = name_part(organization.name if organization else "")
+    return fine_tuned_model_name(job.base_model, owner, job.suffix, job.id)
 
 
 def list_checkpoints(session: Session, organization_id: str, job_id: str) -> list[JobCheckpoint]:

@@ -22,17 +22,31 @@ from sqlalchemy.orm.attributes import set_committed_value
 from tuneforge.db.base import utcnow
 from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobStatus
 from tuneforge.errors import Conflict, NotFound
+from tuneforge.webhooks.outbox import JOB_EVENTS, record_event
 
 S = JobStatus
 
 TERMINAL_STATUSES = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED})
 ACTIVE_STATUSES = frozenset(set(S) - TERMINAL_STATUSES)
+# Not over, but nothing for a worker to do until a user resumes it: never claimed.
+PARKED_STATUSES = frozenset({S.PAUSED})
+WORKABLE_STATUSES = ACTIVE_STATUSES - PARKED_STATUSES
+# A worker releases these without a next run: they hold no lease and no place in the queue.
+IDLE_STATUSES = TERMINAL_STATUSES | PARKED_STATUSES
 
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    S.PENDING: frozenset({S.VALIDATING_FILES, S.QUEUED, S.RUNNING, S.FAILED, S.CANCELLED}),
-    S.VALIDATING_FILES: frozenset({S.QUEUED, S.RUNNING, S.FAILED, S.CANCELLING, S.CANCELLED}),
-    S.QUEUED: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLING, S.CANCELLED}),
-    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLING, S.CANCELLED}),
+    S.PENDING: frozenset(
+        {S.VALIDATING_FILES, S.QUEUED, S.RUNNING, S.PAUSED, S.FAILED, S.CANCELLED}
+    ),
+    S.VALIDATING_FILES: frozenset(
+        {S.QUEUED, S.RUNNING, S.PAUSING, S.FAILED, S.CANCELLING, S.CANCELLED}
+    ),
+    S.QUEUED: frozenset({S.RUNNING, S.PAUSING, S.SUCCEEDED, S.FAILED, S.CANCELLING, S.CANCELLED}),
+    S.RUNNING: frozenset({S.PAUSING, S.SUCCEEDED, S.FAILED, S.CANCELLING, S.CANCELLED}),
+    # A pause that arrives as training ends loses to the end.
+    S.PAUSING: frozenset({S.PAUSED, S.SUCCEEDED, S.FAILED, S.CANCELLING, S.CANCELLED}),
+    # Resuming queues the job again (pending when nothing had started yet).
+    S.PAUSED: frozenset({S.PENDING, S.QUEUED, S.FAILED, S.CANCELLING, S.CANCELLED}),
     S.CANCELLING: frozenset({S.CANCELLED, S.SUCCEEDED, S.FAILED}),
     S.SUCCEEDED: frozenset(),
     S.FAILED: frozenset(),
@@ -105,14 +119,16 @@ def transition_job(
     now = utcnow()
     if target == S.RUNNING and job.started_at is None:
         job.started_at = now
-    if target in TERMINAL_STATUSES:
-        job.finished_at = now
+    if target in IDLE_STATUSES:
         job.lease_owner = None
         job.lease_expires_at = None
         job.run_after = None
         job.estimated_finish = None
+    if target in TERMINAL_STATUSES:
+        job.finished_at = now
         if target == S.SUCCEEDED:
             job.progress_percentage = 100.0
+        record_event(session, job.organization_id, JOB_EVENTS[target], job.id)
     session.add(
         FineTuningEvent(
             job_id=job.id,

@@ -16,6 +16,7 @@ is polled at the configured interval and the lease is released between polls.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -63,6 +64,37 @@ class ProviderJobRequest:
     # What the job showed "auto" would become; a provider that resolves "auto" itself
     # (OpenAI) ignores it, the local trainer trains with it.
     resolved_hyperparameters: dict[str, Any] | None = None
+    # The organization as a name part (lowercase, a-z0-9-), for OpenAI-style model names.
+    owner: str | None = None
+    # The job had a provider job already (its worker died): the provider must carry on with
+    # it, not start afresh (the local provider needs that job's directory).
+    resuming: bool = False
+
+
+CHECKPOINT_NAME_MARK = ":ckpt-step-"
+
+
+def name_part(text: str) -> str:
+    """Text as a part of a model name: ``Acme Labs`` becomes ``acme-labs``."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "tuneforge"
+
+
+def fine_tuned_model_name(base_model: str, owner: str, suffix: str | None, job_id: str) -> str:
+    """OpenAI's form, ``ft:<base>:<organization>:<suffix>:<job id>`` (the suffix may be empty)."""
+    return f"ft:{base_model}:{owner}:{suffix or ''}:{job_id}"
+
+
+def checkpoint_model_name(job_model_name: str, step: int) -> str:
+    """OpenAI's name for a job's checkpoint: the job's model name, then ``:ckpt-step-N``."""
+    return f"{job_model_name}{CHECKPOINT_NAME_MARK}{step}"
+
+
+def parse_checkpoint_model_name(name: str) -> tuple[str, int] | None:
+    """The job id and step a checkpoint name (``ft:…:<job id>:ckpt-step-N``) points at."""
+    head, mark, step = name.rpartition(CHECKPOINT_NAME_MARK)
+    if not mark or not head.startswith("ft:") or not step.isdigit() or len(step) > 9:
+        return None
+    return head.rsplit(":", 1)[-1], int(step)
 
 
 @dataclass(frozen=True)
@@ -98,6 +130,7 @@ class ProviderJobState(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     CANCELLING = "cancelling"
+    PAUSED = "paused"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -175,6 +208,8 @@ class ServableFiles:
 class FineTuningProvider(Protocol):
     name: str
     runs_in_worker: bool
+    can_pause: bool
+    """``pause`` stops a job where a later ``create_job`` of the same key continues it."""
     serves_models_here: bool
     """Its models run on this machine: the inference engine serves them, and they cost no
     per-token fee. A hosted provider's models are called through the provider itself."""
@@ -214,6 +249,10 @@ class FineTuningProvider(Protocol):
     def list_checkpoints(self, provider_job_id: str) -> list[ProviderCheckpoint]: ...
 
     def cancel(self, provider_job_id: str) -> None: ...
+
+    def pause(self, provider_job_id: str) -> None:
+        """Checkpoint the job and stop training; ``get_status`` says PAUSED once it stopped.
+        Asking again while it stops is harmless."""
 
     def abandon(self, provider_job_id: str) -> None:
         """Stop what this worker process runs for the job without cancelling it.

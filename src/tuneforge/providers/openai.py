@@ -71,6 +71,7 @@ class OpenAIProvider:
 
     name = OPENAI_PROVIDER
     runs_in_worker = False
+    can_pause = False
     serves_models_here = False
 
     def __init__(self, settings: Settings, *, timeout_seconds: float | None = None) -> None:
@@ -212,6 +213,10 @@ class OpenAIProvider:
             if self.get_status(provider_job_id).status in _FINISHED:
                 return
             raise
+
+    def pause(self, provider_job_id: str) -> None:
+        """Refused before it gets here (``can_pause`` is False): TuneForge pauses its own runs."""
+        raise ProviderError("Jobs on OpenAI cannot be paused from TuneForge", code="unsupported")
 
     def abandon(self, provider_job_id: str) -> None:
         """Nothing runs here: OpenAI trains the job whichever worker polls it."""

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuneforge.errors import PayloadTooLarge
-from tuneforge.inference.endpoints import openai_error
+from tuneforge.openai_errors import openai_error
 
 
 def _field_with_nul(body: bytes) -> str | None:

@@ -27,6 +27,7 @@ from tuneforge.errors import NotFound
 from tuneforge.evals.execution import execute_run
 from tuneforge.inference.engine import InferenceEngine
 from tuneforge.jobs import service as jobs_service
+from tuneforge.webhooks.delivery import DeliveryConfig, DeliveryThreads
 from tuneforge.worker.queue import (
     claim_job,
     claim_next_eval_run,
@@ -37,6 +38,7 @@ from tuneforge.worker.queue import (
     request_run_now,
 )
 from tuneforge.worker.runner import JobRunner, LeaseLost, StepResult, WorkerConfig
+from tuneforge.worker.storage import check_shared_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,7 @@ class Worker:
     def run_forever(self, stop_event: threading.Event) -> None:
         """Work until ``stop_event`` is set; the job in hand is finished or handed back first."""
         log.info("Worker %s started", self.worker_id)
+        self.check_data_dir()
         failures = 0
         while not stop_event.is_set():
             try:
@@ -143,6 +146,18 @@ class Worker:
             if not worked:
                 stop_event.wait(self._pause(failures))
         log.info("Worker %s stopped", self.worker_id)
+
+    def check_data_dir(self) -> None:
+        """Warn at start when local jobs' directories are not on storage every worker shares;
+        a database that is down now must not keep the worker from starting."""
+        try:
+            with unit_of_work(self.session_factory) as session:
+                warning = check_shared_data_dir(session, self.settings)
+        except Exception:
+            log.warning("Worker %s could not check its data dir", self.worker_id, exc_info=True)
+            return
+        if warning is not None:
+            log.warning("Worker %s: %s", self.worker_id, warning)
 
     def _pause(self, failures: int) -> float:
         idle = self.config.idle_sleep_seconds
@@ -269,7 +284,8 @@ def sync_job(
 
 
 class WorkerThread:
-    """The embedded worker of ``tuneforge serve``: one Worker on a daemon thread."""
+    """The embedded worker of ``tuneforge serve``: one Worker on a daemon thread, and the
+    webhook dispatchers on threads of their own (a training job keeps the worker busy)."""
 
     def __init__(
         self,
@@ -283,12 +299,15 @@ class WorkerThread:
             target=self.worker.run_forever, args=(self.stop_event,), name="tuneforge-worker"
         )
         self._thread.daemon = True
+        self.webhooks = DeliveryThreads(session_factory, DeliveryConfig.from_settings(settings))
 
     def start(self) -> WorkerThread:
         self._thread.start()
+        self.webhooks.start()
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
         """Let the current step finish and the lease go back, waiting at most ``timeout``."""
         self.stop_event.set()
+        self.webhooks.stop(timeout)
         self._thread.join(timeout)

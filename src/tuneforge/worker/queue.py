@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from tuneforge.db.base import utcnow
 from tuneforge.db.tables.evals import ACTIVE_EVAL_STATUSES, EvalRun
 from tuneforge.db.tables.jobs import FineTuningJob
-from tuneforge.jobs.states import ACTIVE_STATUSES
+from tuneforge.jobs.states import WORKABLE_STATUSES
 
 Job = FineTuningJob
 Leased = type[FineTuningJob] | type[EvalRun]
@@ -86,7 +86,7 @@ def claim_next(
 
 
 def claim_next_job(session: Session, worker_id: str, lease_seconds: float) -> Job | None:
-    return claim_next(session, Job, ACTIVE_STATUSES, worker_id, lease_seconds)
+    return claim_next(session, Job, WORKABLE_STATUSES, worker_id, lease_seconds)
 
 
 def claim_next_eval_run(session: Session, worker_id: str, lease_seconds: float) -> EvalRun | None:
@@ -100,7 +100,7 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: floa
         session,
         Job,
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES), _lease_is_free(Job, now))
+        .where(Job.id == job_id, Job.status.in_(WORKABLE_STATUSES), _lease_is_free(Job, now))
         .values(**_lease_values(worker_id, lease_seconds, now)),
     )
 
@@ -125,7 +125,7 @@ def extend_lease(
 
 
 def heartbeat(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> bool:
-    return extend_lease(session, Job, ACTIVE_STATUSES, job_id, worker_id, lease_seconds)
+    return extend_lease(session, Job, WORKABLE_STATUSES, job_id, worker_id, lease_seconds)
 
 
 def eval_heartbeat(session: Session, run_id: str, worker_id: str, lease_seconds: float) -> bool:
@@ -151,7 +151,7 @@ def request_run_now(session: Session, job_id: str) -> None:
     """Make an active job due now; a worker holding it keeps this time when it releases."""
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
+        .where(Job.id == job_id, Job.status.in_(WORKABLE_STATUSES))
         .values(run_after=utcnow())
         .execution_options(synchronize_session=False)
     )

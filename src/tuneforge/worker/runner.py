@@ -24,6 +24,7 @@ from tuneforge.config import Settings
 from tuneforge.datasets.export import export_job_files
 from tuneforge.db.base import utcnow
 from tuneforge.db.engine import unit_of_work
+from tuneforge.db.tables.auth import Organization
 from tuneforge.db.tables.jobs import FineTuningJob, JobStatus
 from tuneforge.db.tables.models import FineTunedModel
 from tuneforge.errors import TuneForgeError
@@ -36,6 +37,7 @@ from tuneforge.jobs.progress import (
     record_provider_events,
 )
 from tuneforge.jobs.states import (
+    IDLE_STATUSES,
     TERMINAL_STATUSES,
     InvalidTransition,
     JobUpdate,
@@ -51,6 +53,7 @@ from tuneforge.providers.contract import (
     ProviderJobRequest,
     ProviderJobStatus,
     RetriableProviderError,
+    name_part,
 )
 from tuneforge.providers.registry import get_provider
 
@@ -132,17 +135,20 @@ class JobRunner:
     def _step(self, job_id: str) -> StepResult:
         with unit_of_work(self.session_factory) as session:
             job = self._owned(session, job_id)
-        if job.status in TERMINAL_STATUSES:
+        if job.status in IDLE_STATUSES:
             return StepResult(finished=True, next_run_after=utcnow())
         provider = self.provider_for(job.provider)
-        if job.status != S.CANCELLING and self._needs_start(job, provider):
+        if job.status not in (S.CANCELLING, S.PAUSING) and self._needs_start(job, provider):
             job = self._start(job, provider)
         if job.status == S.CANCELLING:
             job = self._cancel_at_provider(job, provider)
-        if job.status not in TERMINAL_STATUSES and job.provider_job_id is not None:
+        elif job.status == S.PAUSING:
+            job = self._pause_at_provider(job, provider)
+        if job.status not in IDLE_STATUSES and job.provider_job_id is not None:
             self._provider_jobs[job_id] = (job.provider, job.provider_job_id)
             job = self._poll(job, job.provider_job_id, provider)
-        if job.status in TERMINAL_STATUSES:
+        if job.status in IDLE_STATUSES:
+            self._provider_jobs.pop(job_id, None)
             return StepResult(finished=True, next_run_after=utcnow())
         if provider.runs_in_worker:
             return StepResult(
@@ -200,6 +206,8 @@ class JobRunner:
         file_ids = self._upload_files(job, provider)
         with unit_of_work(self.session_factory) as session:
             job = self._owned(session, job.id)
+            organization = session.get(Organization, job.organization_id)
+            owner = name_part(organization.name if organization else "")
         if job.status == S.CANCELLING:
             return job  # cancelled while uploading: create nothing
         provider_job_id = provider.find_job(job.id)
@@ -215,6 +223,8 @@ class JobRunner:
                     suffix=job.suffix,
                     seed=job.seed,
                     metadata={str(k): str(v) for k, v in (job.job_metadata or {}).items()},
+                    resuming=job.provider_job_id is not None,
+                    owner=owner,
                 )
             )
         with unit_of_work(self.session_factory) as session:
@@ -285,6 +295,18 @@ class JobRunner:
                 event_type=CANCEL_SENT_EVENT,
             )
 
+    def _pause_at_provider(self, job: FineTuningJob, provider: FineTuningProvider) -> FineTuningJob:
+        """Nothing started yet is paused at once; a run is asked (again, harmlessly, on
+        every step) to checkpoint and stop, and the poll sees it paused."""
+        if job.provider_job_id is None:
+            with unit_of_work(self.session_factory) as session:
+                self._owned(session, job.id)
+                return transition_job(
+                    session, job.id, S.PAUSED, message="Paused before training started"
+                )
+        provider.pause(job.provider_job_id)
+        return job
+
     # Polling.
 
     def _poll(
@@ -315,6 +337,8 @@ class JobRunner:
             return job  # the provider lags behind us (validating while we say queued)
         if job.status == S.CANCELLING and target not in TERMINAL_STATUSES:
             return job
+        if job.status == S.PAUSING and target not in IDLE_STATUSES:
+            return job
         update = JobUpdate(trained_tokens=status.trained_tokens)
         message = None
         if target == S.SUCCEEDED:
@@ -323,6 +347,8 @@ class JobRunner:
             update.error_code = status.error_code or "provider_job_failed"
             update.error_message = status.error_message or f"{job.provider} reported a failure"
             message = f"Training failed: {update.error_message}"
+        elif target == S.PAUSED:
+            message = "Paused: the run is checkpointed and holds no worker; resume continues it"
         job = transition_job(session, job.id, target, update=update, message=message)
         if target == S.SUCCEEDED:
             model = create_model_from_job(session, job)

@@ -154,7 +154,7 @@ def test_a_job_runs_to_success_with_events_metrics_checkpoints_and_a_loadable_ad
     status = wait_finished(provider, "ok")
 
     assert status.status == ProviderJobState.SUCCEEDED, status
-    assert status.fine_tuned_model == "ft:tiny-llama:tuneforge:ok"
+    assert status.fine_tuned_model == "ft:tiny-llama:tuneforge::ok"
     assert status.progress_percentage == 100.0
     assert status.trained_tokens and status.trained_tokens > 0
     events = provider.list_events("ok", after=None)

@@ -79,7 +79,7 @@ def test_smollm2_converts_fine_tunes_and_its_adapter_loads(tmp_path: Path) -> No
         time.sleep(0.5)
     events = provider.list_events("smol", after=None)
     assert status.status == ProviderJobState.SUCCEEDED, [e.message for e in events]
-    assert status.fine_tuned_model == "ft:smollm2-135m-instruct:routes:smol"
+    assert status.fine_tuned_model == "ft:smollm2-135m-instruct:tuneforge:routes:smol"
 
     losses = [m.value for e in events for m in e.metrics if m.name == "train_loss"]
     assert len(losses) == 6, [e.message for e in events]

@@ -63,7 +63,7 @@ def test_training_lowers_the_loss_and_saves_the_adapter(
     )
     status = read_status(paths)
     assert status["state"] == "succeeded"
-    assert status["fine_tuned_model"] == "ft:tiny-llama:tuneforge:job"
+    assert status["fine_tuned_model"] == "ft:tiny-llama:tuneforge::job"
     assert (paths.adapter / "adapter_model.safetensors").is_file()
     assert (paths.adapter / "tokenizer_config.json").is_file()
     types = [e["type"] for e in read_events(paths.progress, 0)[0]]

@@ -21,7 +21,7 @@ from pydantic import Field, StringConstraints, ValidationError
 
 from tuneforge.config import Settings
 from tuneforge.errors import InvalidInput
-from tuneforge.providers.contract import AUTO, Auto, Hyperparameters
+from tuneforge.providers.contract import AUTO, Auto, Hyperparameters, fine_tuned_model_name
 
 # The trainer's states are "starting", "running", then one of these.
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -116,10 +116,11 @@ class JobSpec:
     seed: int
     has_validation: bool
     suffix: str | None = None
+    owner: str = "tuneforge"
 
     @property
     def fine_tuned_model(self) -> str:
-        return f"ft:{self.base_model}:{self.suffix or 'tuneforge'}:{self.job_id}"
+        return fine_tuned_model_name(self.base_model, self.owner, self.suffix, self.job_id)
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,10 @@ class JobPaths:
     @property
     def cancel_marker(self) -> Path:
         return self.root / "cancel-requested"
+
+    @property
+    def pause_marker(self) -> Path:
+        return self.root / "pause-requested"
 
     @property
     def log(self) -> Path:

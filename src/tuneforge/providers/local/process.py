@@ -6,9 +6,10 @@ next worker will resume, so each process here asks the kernel for SIGKILL when i
 parent goes (``PR_SET_PDEATHSIG``; to the kernel the parent is the thread that started
 it, the worker's loop thread) and exits at once if the parent is already gone. With
 ``num_processes`` > 1 this process becomes the torchrun agent (torch's launcher, run in
-process) and the ranks it starts run this module again. SIGTERM is a cancel request: the
+process) and the ranks it starts run this module again. SIGTERM is a stop request: the
 loop finishes at the next micro-batch (one process) or step (several), writes
-``cancelled`` and exits. One trainer at a time owns a job directory (an exclusive lock
+``cancelled`` (or, when the job dir holds a pause request, a checkpoint and ``paused``)
+and exits. One trainer at a time owns a job directory (an exclusive lock
 the kernel drops when its holder dies), so a trainer started while an old one is still
 dying waits for it instead of writing beside it.
 """
@@ -78,7 +79,7 @@ def main(argv: list[str]) -> int:
     from tuneforge.providers.local.trainer import run_training
 
     state = run_training(paths, lambda: stop_requested)
-    return 0 if state in ("succeeded", "cancelled") else 1
+    return 0 if state in ("succeeded", "cancelled", "paused") else 1
 
 
 def launch_ranks(paths: JobPaths, processes: int) -> int:

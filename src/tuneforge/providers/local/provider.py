@@ -64,6 +64,7 @@ from tuneforge.providers.local.process import MODULE, SUPERVISOR_PID_ENV
 from tuneforge.store.base_models import DEFAULT_MODEL, find_model_dir, pull_command
 
 _LOG_TAIL_BYTES = 2000
+JOB_DIR_NOT_VISIBLE = "job_dir_not_visible"
 _FILE_KEY = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -86,6 +87,7 @@ class LocalProvider:
 
     name = LOCAL_PROVIDER
     runs_in_worker = True
+    can_pause = True
     serves_models_here = True
 
     def __init__(self, settings: Settings) -> None:
@@ -164,9 +166,11 @@ class LocalProvider:
             child = _children.get(job_id)
             if child is not None and child.alive:
                 return job_id
+            _require_visible(self._settings, paths, request)
             status = read_status(paths) or {}
             if status.get("state") == "succeeded" or paths.cancel_marker.exists():
                 return job_id
+            paths.pause_marker.unlink(missing_ok=True)  # resuming a paused job
             self._prepare(paths, request)
             _children[job_id] = self._spawn(paths, attempt=int(status.get("attempt", 0)) + 1)
         return job_id
@@ -192,6 +196,11 @@ class LocalProvider:
         """The child's state; a finished state counts only once its processes have exited."""
         paths = job_paths(self._settings, provider_job_id)
         status = read_status(paths)
+        if status is None and not paths.root.is_dir():
+            raise _not_visible(
+                f"The job directory {paths.root.resolve()} of local job {provider_job_id}",
+                self._settings,
+            )
         if status is None:
             raise ProviderError(f"Local job {provider_job_id} does not exist", code="not_found")
         state = status.get("state", "starting")
@@ -217,6 +226,10 @@ class LocalProvider:
             )
         if state == "failed":
             return self._failed(state, "training_failed", status.get("error"), tokens)
+        if state == "paused" and not paths.cancel_marker.exists():
+            with _children_lock:
+                _children.pop(provider_job_id, None)  # so find_job lets a resume start it
+            return ProviderJobStatus(ProviderJobState.PAUSED, state, trained_tokens=tokens)
         if state == "cancelled" or paths.cancel_marker.exists():
             if state != "cancelled":  # killed before it could say so itself
                 update_status(paths, state="cancelled")
@@ -270,6 +283,21 @@ class LocalProvider:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.process.pid, signal.SIGTERM)
 
+    def pause(self, provider_job_id: str) -> None:
+        """Ask the trainer to checkpoint and exit; with no trainer here, its last checkpoint
+        is where a resume starts, so it is paused already."""
+        paths = job_paths(self._settings, provider_job_id)
+        if not paths.root.is_dir():
+            return
+        paths.pause_marker.touch()
+        with _children_lock:
+            child = _children.get(provider_job_id)
+        if child is not None and child.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.process.pid, signal.SIGTERM)
+        elif (read_status(paths) or {}).get("state") not in TERMINAL_STATES:
+            update_status(paths, state="paused")
+
     def abandon(self, provider_job_id: str) -> None:
         """Kill this worker's trainer of the job (SIGKILL: a SIGTERM would write "cancelled").
 
@@ -315,6 +343,7 @@ class LocalProvider:
                 seed=seed,
                 has_validation=bool(request.validation_file_id),
                 suffix=request.suffix,
+                owner=request.owner or "tuneforge",
             ),
         )
 
@@ -352,6 +381,31 @@ class LocalProvider:
             error_code=code,
             error_message=message or "Training failed",
         )
+
+
+def _require_visible(settings: Settings, paths: JobPaths, request: ProviderJobRequest) -> None:
+    """Fail clearly when what an earlier worker made is not in this worker's data dir: a
+    resumed job would otherwise train again from step 0, a missing file crash obscurely."""
+    job_id = request.idempotency_key
+    if request.resuming and not paths.root.is_dir():
+        raise _not_visible(
+            f"Local job {job_id} started on another worker, and its job directory "
+            f"{paths.root.resolve()}",
+            settings,
+        )
+    for file_id in (request.training_file_id, request.validation_file_id):
+        if file_id and not Path(file_id).is_file():
+            raise _not_visible(f"The file {file_id} uploaded for local job {job_id}", settings)
+
+
+def _not_visible(what: str, settings: Settings) -> ProviderError:
+    return ProviderError(
+        f"{what} is not visible from this worker, whose data dir is "
+        f"{settings.data_dir.resolve()}. Workers that share a PostgreSQL database must share "
+        "the data dir: mount one shared storage at the same path on every worker and set "
+        "TUNEFORGE_DATA_DIR to it, then create the job again.",
+        code=JOB_DIR_NOT_VISIBLE,
+    )
 
 
 def _training_devices() -> int:
@@ -419,5 +473,8 @@ def _provider_event(event: dict[str, Any]) -> ProviderEvent:
         )
         if step is not None
         else (),
-        data={**(event.get("data") or {}), "step": step} if step is not None else event.get("data"),
+        # The metrics ride in the event's data too, as OpenAI's metrics events carry them.
+        data={**(event.get("data") or {}), "step": step, **(event.get("metrics") or {})}
+        if step is not None
+        else event.get("data"),
     )

@@ -109,6 +109,7 @@ class Reporter:
             f"Step {step}/{status['total_steps']}: {parts}",
             step=step,
             metrics=metrics,
+            data={"total_steps": status["total_steps"]},
         )
 
     def skipped(self, step: int) -> None:
@@ -208,6 +209,12 @@ class Reporter:
             return
         update_status(self.paths, state="cancelled", step=step)
         self._emit("cancelled", f"Training cancelled at step {step}", step=step)
+
+    def paused(self, step: int) -> None:
+        if not self.enabled:
+            return
+        update_status(self.paths, state="paused", step=step)
+        self._emit("paused", f"Training paused at step {step}", step=step)
 
     def failed(self, exc: BaseException) -> None:
         if not self.enabled:

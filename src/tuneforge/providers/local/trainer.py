@@ -291,9 +291,9 @@ def _train(paths: JobPaths, runtime: Runtime, reporter: Reporter, stop: StopChec
     )
     reporter.started(plan, start_step, trained_tokens)
     skipped_in_a_row, done = 0, start_step
+    last_metrics: dict[str, float] = {}
     if not runtime.distributed and stop():
-        reporter.cancelled(start_step)
-        return "cancelled"
+        return _stopped(run, reporter, stopper, start_step, trained_tokens, {}, save=False)
     if start_step == 0 and run.valid:  # the base model's figures: every chart starts there
         baseline = _finite(evaluate(run))
         reporter.step(0, baseline, 0)
@@ -302,11 +302,13 @@ def _train(paths: JobPaths, runtime: Runtime, reporter: Reporter, stop: StopChec
         if step % plan.steps_per_epoch == 0 or step == start_step:
             reporter.epoch(step // plan.steps_per_epoch + 1, plan.n_epochs, step)
         metrics = train_step(run, step, stop)
-        if metrics is None or metrics.pop("stop") > 0:
-            reporter.cancelled(step if metrics is None else step + 1)
-            return "cancelled"
+        if metrics is None:  # interrupted mid-step: the weights are those after ``step``
+            return _stopped(run, reporter, stopper, step, trained_tokens, last_metrics)
+        stop_votes = metrics.pop("stop")
         done = step + 1
         trained_tokens += int(metrics.pop("tokens"))
+        if stop_votes > 0:
+            return _stopped(run, reporter, stopper, done, trained_tokens, _finite(metrics))
         if math.isfinite(metrics["grad_norm"]):
             skipped_in_a_row = 0
             stopper.track_train_loss(metrics["train_loss"])
@@ -322,6 +324,7 @@ def _train(paths: JobPaths, runtime: Runtime, reporter: Reporter, stop: StopChec
         if evaluated:
             metrics |= evaluate(run)
         metrics = _finite(metrics)
+        last_metrics = metrics
         reporter.step(done, metrics, trained_tokens)
         if evaluated and _judge(paths, run, reporter, stopper, done, metrics):
             break
@@ -344,6 +347,38 @@ def _train(paths: JobPaths, runtime: Runtime, reporter: Reporter, stop: StopChec
         save_adapter(paths, run.model, run.tokenizer)
     reporter.succeeded(trained_tokens, best_step=best_step, best_valid_loss=stopper.best_loss)
     return "succeeded"
+
+
+def _stopped(
+    run: TrainingRun,
+    reporter: Reporter,
+    stopper: EarlyStopping,
+    step: int,
+    trained_tokens: int,
+    metrics: dict[str, float],
+    *,
+    save: bool = True,
+) -> str:
+    """A stop request (SIGTERM) is a cancel, unless the worker asked for a pause: then the
+    steps done so far are checkpointed, and the next start of the job continues there."""
+    paths = reporter.paths
+    if paths.cancel_marker.exists() or not paths.pause_marker.exists():
+        reporter.cancelled(step)
+        return "cancelled"
+    if save and step > 0 and run.runtime.is_main:
+        saved = save_checkpoint(
+            paths,
+            step=step,
+            model=run.model,
+            optimizer=run.optimizer,
+            scheduler=run.scheduler,
+            trained_tokens=trained_tokens,
+            metrics=metrics,
+            early_stopping=stopper.state(),
+        )
+        reporter.checkpoint_saved(step, saved)
+    reporter.paused(step)
+    return "paused"
 
 
 def _judge(

@@ -193,6 +193,26 @@ def cancel_job(
     return action_done(request, f"{BASE}/{job_id}")
 
 
+@router.post("/{job_id}/pause")
+def pause_job(
+    job_id: str,
+    request: Request,
+    principal: WebPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> Response:
+    jobs_service.pause_job(session, settings, principal.organization_id, job_id)
+    return action_done(request, f"{BASE}/{job_id}")
+
+
+@router.post("/{job_id}/resume")
+def resume_job(
+    job_id: str, request: Request, principal: WebPrincipal, session: SessionDep
+) -> Response:
+    jobs_service.resume_job(session, principal.organization_id, job_id)
+    return action_done(request, f"{BASE}/{job_id}")
+
+
 @router.post("/{job_id}/sync")
 def sync_job(
     job_id: str,
