@@ -35,8 +35,7 @@ from quality_tasks import TASKS, Task
 
 from tuneforge.config import Settings
 from tuneforge.evals.graders import grader_for
-from tuneforge.inference.engine import ModelSource, load_model
-from tuneforge.inference.generation import generate_greedy_batch
+from tuneforge.inference.engine import InferenceEngine, ModelSource
 from tuneforge.providers.contract import ProviderJobRequest, ProviderJobState
 from tuneforge.providers.local.jobdir import job_paths, read_status
 from tuneforge.providers.local.provider import LocalProvider
@@ -82,16 +81,13 @@ def held_out(task: Task, train: list[dict]) -> list[dict]:
 
 def score(base: Path, adapter: Path | None, examples: list[dict]) -> float:
     """Pass rate (%) of greedy replies under the grader the expected replies call for."""
-    loaded = load_model(ModelSource("bench", base, adapter))
+    engine, source = InferenceEngine(4 * 1024**3), ModelSource("bench", base, adapter)
     prompts = [e["messages"][:-1] for e in examples]
     expected = [e["messages"][-1]["content"] for e in examples]
     replies = []
     for start in range(0, len(prompts), GENERATION_BATCH):
         batch = prompts[start : start + GENERATION_BATCH]
-        replies += [
-            c.text
-            for c in generate_greedy_batch(loaded.model, loaded.tokenizer, batch, MAX_REPLY_TOKENS)
-        ]
+        replies += [c.text for c in engine.complete_greedy_batch(source, batch, MAX_REPLY_TOKENS)]
     grader = grader_for(expected)
     passed = sum(
         grader.grade(reply, want).passed for reply, want in zip(replies, expected, strict=True)

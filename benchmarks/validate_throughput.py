@@ -14,6 +14,16 @@ peak RSS is measured separately:
 Both must count the same tokens; the script checks it and exits 1 when they differ. Wall
 and CPU seconds are both printed: on a shared machine CPU time is the steadier ratio. Run:
 ``python benchmarks/validate_throughput.py --mb 100``.
+
+``--api sqlite postgresql`` measures end to end instead: for each database, a fresh
+``tuneforge serve`` on a migrated data dir receives the file twice through
+``POST /fine-tuning/datasets`` (the first upload also starts the fork server the check pool
+comes from), each timed from the first byte sent to the 201 that carries the report; the
+server's memory growth (its whole process tree) is sampled meanwhile, as PSS, which counts
+a page shared by the server, the fork server and the pool's workers once, and as the sum of
+RSS, which counts it in each (an upper bound). The baseline runs in the same invocation,
+and the ratio to it is printed with the goal's verdict: at least 2x the baseline, memory
+growth (PSS) under 300 MB.
 """
 
 from __future__ import annotations
@@ -30,7 +40,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import httpx
+import serving
+
 MODEL = "gpt-4o-mini-2024-07-18"
+GOAL_RATIO = 2.0
+GOAL_MEMORY_MB = 300.0
 ENCODING = "o200k_base"
 CONTEXT_LENGTH = 65_536
 
@@ -265,6 +280,38 @@ def run_ours(path: Path) -> dict[str, Any]:
     }
 
 
+def run_api(path: Path, kind: str, uploads: int) -> list[dict[str, Any]]:
+    """Upload ``path`` ``uploads`` times to a fresh server on a ``kind`` database."""
+    results = []
+    with serving.temporary_data_dir() as directory:
+        data_dir = Path(directory)
+        with serving.database(kind, data_dir) as url, serving.served(url, data_dir) as server:
+            headers = serving.register(server.url)
+            for _ in range(uploads):
+                with serving.TreeMemory(server.process.pid) as memory, path.open("rb") as file:
+                    started = time.perf_counter()
+                    response = httpx.post(
+                        f"{server.url}/fine-tuning/datasets",
+                        headers=headers,
+                        files={"file": (path.name, file, "application/jsonl")},
+                        data={"name": "benchmark", "model": MODEL},
+                        timeout=600,
+                    )
+                    seconds = time.perf_counter() - started
+                response.raise_for_status()
+                body = response.json()
+                results.append(
+                    {
+                        "seconds": seconds,
+                        "examples": body["total_examples"],
+                        "valid": body["valid_examples"],
+                        "total_tokens": body["total_tokens"],
+                        "memory_mb": memory.growth_mb,
+                    }
+                )
+    return results
+
+
 def _child(kind: str, path: Path) -> None:
     result = (run_baseline if kind == "baseline" else run_ours)(path)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -277,10 +324,49 @@ def _measure(kind: str, path: Path) -> dict[str, Any]:
     return json.loads(output.strip().splitlines()[-1])
 
 
+def report_api(
+    size_mb: float, baseline: dict[str, Any], api: dict[str, list[dict[str, Any]]]
+) -> None:
+    """One line per upload against the baseline; the goal's verdict; exit 1 on a miscount."""
+    base_rate = size_mb / baseline["seconds"]
+    print(
+        f"baseline: {baseline['seconds']:6.2f} s ({baseline['cpu_seconds']:6.2f} s CPU)  "
+        f"{base_rate:6.1f} MB/s  valid {baseline['valid']}  tokens {baseline['total_tokens']}"
+    )
+    same = True
+    for kind, uploads in api.items():
+        for number, upload in enumerate(uploads, 1):
+            rate = size_mb / upload["seconds"]
+            rss, pss = upload["memory_mb"]
+            ratio = rate / base_rate
+            verdict = "PASS" if ratio >= GOAL_RATIO and pss < GOAL_MEMORY_MB else "FAIL"
+            print(
+                f"API {kind:>10} upload {number}: {upload['seconds']:6.2f} s  {rate:6.1f} MB/s  "
+                f"{ratio:4.2f}x baseline  server memory growth PSS {pss:4.0f} MB "
+                f"(RSS sum {rss:4.0f} MB)  valid {upload['valid']}  "
+                f"tokens {upload['total_tokens']}  goal (>= {GOAL_RATIO:g}x, "
+                f"< {GOAL_MEMORY_MB:g} MB): {verdict}"
+            )
+            same &= (upload["valid"], upload["total_tokens"]) == (
+                baseline["valid"],
+                baseline["total_tokens"],
+            )
+    print(f"same valid examples and tokens as the baseline: {same}")
+    if not same:
+        sys.exit(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=100.0, help="size of the generated file")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument(
+        "--api",
+        nargs="+",
+        choices=["sqlite", "postgresql"],
+        help="end to end through the API of a fresh server on these databases",
+    )
+    parser.add_argument("--uploads", type=int, default=2, help="per database, with --api")
     parser.add_argument("--child", choices=["baseline", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -292,6 +378,11 @@ def main() -> None:
         lines = generate(path, args.mb, args.seed)
         size_mb = path.stat().st_size / 1_000_000
         print(f"file: {size_mb:.1f} MB, {lines} lines")
+        if args.api:
+            baseline = _measure("baseline", path)
+            api = {kind: run_api(path, kind, args.uploads) for kind in args.api}
+            report_api(size_mb, baseline, api)
+            return
         results = {kind: _measure(kind, path) for kind in ("baseline", "ours")}
     for kind, result in results.items():
         seconds = result["seconds"]

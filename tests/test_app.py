@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -34,6 +35,18 @@ def test_openapi_documents_every_endpoint(client: TestClient) -> None:
                 code.startswith("2") for code in operation["responses"]
             ), f"{method.upper()} {path} documents no success response"
     assert client.get("/api/docs").status_code == 200
+
+
+def test_no_route_is_hidden_behind_an_earlier_one(tmp_path: Path) -> None:
+    """Routers are included in order of traffic, not of path: safe while no path template
+    of an earlier route takes the paths of a later one with the same method."""
+    paths = create_app(Settings(data_dir=tmp_path)).openapi()["paths"]
+    routes = [(path, method) for path, operations in paths.items() for method in operations]
+    patterns = {path: re.compile(re.sub(r"{[^}]+}", "[^/]+", path) + "$") for path in paths}
+    for path, method in routes:
+        sample = re.sub(r"{[^}]+}", "sample", path)
+        first = next(p for p, m in routes if m == method and patterns[p].match(sample))
+        assert first == path, f"{method.upper()} {path} is taken by {first}"
 
 
 def test_app_refuses_to_start_on_an_unmigrated_database(tmp_path: Path) -> None:

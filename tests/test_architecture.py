@@ -39,6 +39,7 @@ LAYERS = (
     "datasets",
     "jobs",
     "models",
+    "exports",
     "inference",
     "evals",
     "openai_compat",
@@ -173,3 +174,15 @@ def test_the_training_child_loads_no_database_web_or_dataset_code() -> None:
         if any(module == name or module.startswith(f"{name}.") for name in FORBIDDEN_IN_TRAINER)
     ]
     assert forbidden == []
+
+
+def test_importing_the_app_loads_no_torch_or_transformers() -> None:
+    """They load on the first local training or inference: imported by the app, they made
+    ``tuneforge serve`` take half a minute to answer ``/health``."""
+    probe = "import json, sys\nimport tuneforge.app\nprint(json.dumps(sorted(sys.modules)))\n"
+    loaded = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", probe], check=True, capture_output=True, text=True
+        ).stdout
+    )
+    assert [module for module in loaded if module.split(".")[0] in ("torch", "transformers")] == []

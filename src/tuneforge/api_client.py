@@ -164,6 +164,26 @@ class ApiClient:
         headers = {"Content-Type": content_type, "Content-Length": str(length)}
         return self.request("POST", path, content=body, headers=headers)
 
+    def download(
+        self, path: str, target: Path, on_chunk: Callable[[int, int | None], None]
+    ) -> httpx.Headers:
+        """Stream a file to ``target``; ``on_chunk`` gets each piece's size and the total
+        (None when the server does not say). Returns the response's headers."""
+        try:
+            with self._http.stream("GET", path, timeout=STREAM_READ_TIMEOUT_SECONDS) as response:
+                if response.is_error:
+                    response.read()
+                    raise ApiError(response.status_code, _error_detail(response))
+                length = response.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                with target.open("wb") as file:
+                    for chunk in response.iter_bytes(UPLOAD_CHUNK_BYTES):
+                        file.write(chunk)
+                        on_chunk(len(chunk), total)
+                return response.headers
+        except httpx.TransportError as exc:
+            raise ApiError(0, f"Lost the download from {self.api_url}: {exc}") from exc
+
     def follow_events(self, path: str) -> Iterator[ServerSentEvent]:
         """An SSE endpoint's messages until the server ends the stream.
 

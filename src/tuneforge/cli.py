@@ -7,6 +7,7 @@ import typer
 from tuneforge.config import get_settings
 from tuneforge.datasets.cli import datasets_app
 from tuneforge.evals.cli import evals_app
+from tuneforge.exports.cli import export_model
 from tuneforge.jobs.cli import jobs_app
 from tuneforge.store.cli import models_app
 
@@ -14,6 +15,7 @@ app = typer.Typer(help="TuneForge: self-hostable fine-tuning platform.", no_args
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(evals_app, name="evals")
+models_app.command("export")(export_model)
 app.add_typer(models_app, name="models")
 
 

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         "removed membership or deactivated user takes effect within this time. 0 disables.",
     )
     upload_limit_bytes: int = 100 * 1024 * 1024
+    ingest_processes: int = Field(
+        default=0,
+        ge=0,
+        description="Processes that check a large JSON Lines upload; 0: one per usable core, "
+        "1: none, the request's own thread checks it.",
+    )
     # Every JSON request body (chat, conversations, imports); uploads have their own limit.
     json_body_limit_bytes: int = 4 * 1024 * 1024
     # Failed sign-ins allowed before each further one waits (doubling, up to the maximum).
@@ -56,6 +62,18 @@ class Settings(BaseSettings):
     openai_api_key: str | None = None
     openai_base_url: str | None = None
     inference_cache_bytes: int = 4 * 1024**3
+    # Serving batches (inference/batching.py): requests for one base model decode together.
+    inference_max_batch_size: int = Field(default=16, ge=1)
+    inference_queue_limit: int = Field(
+        default=64, ge=0, description="Requests waiting per base model beyond a full batch; 429s."
+    )
+    inference_batch_window_ms: float = Field(default=10.0, ge=0, le=1000)
+    inference_batch_token_limit: int = Field(
+        default=32768, ge=1, description="Rows times padded length a batch may grow to."
+    )
+    inference_adapter_cache_bytes: int = Field(
+        default=1024**3, ge=0, description="LoRA adapters kept attached to each base model."
+    )
     openai_timeout_seconds: float = 30.0
     # Webhook receivers on private, loopback or link-local addresses are refused unless set
     # (a URL a user types must not reach the operator's internal network).

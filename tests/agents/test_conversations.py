@@ -84,7 +84,10 @@ def test_log_conversation_keeps_messages_in_order_with_tool_calls(
     assert conversation["feedback"] == "Good"
     assert conversation["tags"] == ["orders", "support"]
     assert conversation["message_count"] == 5
-    expected = [{"name": None, "tool_calls": None, "tool_call_id": None, **m} for m in messages]
+    expected = [
+        {"name": None, "tool_calls": None, "tool_call_id": None, "correction": None, **m}
+        for m in messages
+    ]
     assert conversation["messages"] == expected
     fetched = client.get(
         f"/agents/{agent_id}/conversations/{conversation['id']}", headers=account.headers

@@ -7,8 +7,10 @@ import hashlib
 import io
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -278,10 +280,19 @@ def test_form_without_file_or_not_multipart(
 def test_failure_mid_ingest_leaves_no_row_and_no_file(
     upload: Upload, db_session: Session, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def explode(*_: object) -> None:
-        raise RuntimeError("disk on fire")
+    real_writer = repository.example_writer
 
-    monkeypatch.setattr(repository, "insert_examples", explode)
+    @contextmanager
+    def writes_then_fails(session: Session) -> Iterator[Callable[[Any], None]]:
+        with real_writer(session) as write:
+
+            def explode(rows: Any) -> None:
+                write(rows)
+                raise RuntimeError("disk on fire")
+
+            yield explode
+
+    monkeypatch.setattr(repository, "example_writer", writes_then_fails)
     with pytest.raises(RuntimeError, match="disk on fire"):
         upload(valid_jsonl(3))
     _nothing_stored(db_session, settings)

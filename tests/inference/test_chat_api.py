@@ -17,7 +17,7 @@ from tests.fixtures.tiny_model import TINY_BASE_MODEL
 from tuneforge.config import Settings
 from tuneforge.db.tables.agents import Agent
 from tuneforge.db.tables.models import FineTunedModel, ModelStatus, ModelUsage
-from tuneforge.inference import engine
+from tuneforge.inference import decoding
 from tuneforge.providers.local.jobdir import JobSpec, job_paths, write_spec
 
 pytestmark = pytest.mark.usefixtures("installed_tiny_model")
@@ -273,7 +273,7 @@ def test_a_generation_failing_mid_stream_ends_with_an_error_event(
     def fail(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the GPU caught fire")
 
-    monkeypatch.setattr(engine, "generate_reply", fail)
+    monkeypatch.setattr(decoding.DecodeBatch, "_forward", fail)
 
     with client.stream(
         "POST", f"/agents/{agent.id}/chat", json=ASK | {"stream": True}, headers=account.headers

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from tuneforge.errors import TooManyRequests
+from tuneforge.inference.batching import BatchLimits
 from tuneforge.inference.engine import (
     InferenceEngine,
-    LoadedModel,
+    LoadedBase,
     ModelSource,
     ModelUnavailable,
-    load_model,
+    load_base,
 )
 from tuneforge.inference.generation import SamplingParams
 
@@ -40,16 +42,16 @@ def eos_model(tiny_chat_models: Path) -> ModelSource:
 
 
 class CountingLoader:
-    """Wraps the real loader, counting loads per model."""
+    """Wraps the real loader, counting loads per base model directory."""
 
     def __init__(self) -> None:
         self.loads: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def __call__(self, source: ModelSource) -> LoadedModel:
+    def __call__(self, source: ModelSource) -> LoadedBase:
         with self._lock:
-            self.loads[source.label] += 1
-        return load_model(source)
+            self.loads[source.base_path.name] += 1
+        return load_base(source)
 
 
 @pytest.fixture
@@ -125,16 +127,42 @@ def test_stream_yields_the_same_text_and_holds_back_stop_strings(
     assert stream.result.finish_reason == "stop"
 
 
-def test_closing_a_stream_stops_generation(engine: InferenceEngine, base: ModelSource) -> None:
+def test_closing_a_stream_frees_its_place_in_the_batch(
+    loader: CountingLoader, base: ModelSource
+) -> None:
+    """One row and no queue: while the stream runs another request is refused; once the
+    stream is closed its row is gone and the next request runs."""
+    engine = InferenceEngine(1024**3, loader=loader, limits=BatchLimits(max_rows=1, queue_limit=0))
     stream = engine.stream(base, MESSAGES, SamplingParams(max_tokens=500, temperature=0))
     deltas = iter(stream)
     next(deltas)
+    with pytest.raises(TooManyRequests):
+        engine.complete(base, MESSAGES, SamplingParams(max_tokens=2, temperature=0))
     stream.close()
     list(deltas)
     assert stream.result is not None
     assert stream.result.completion_tokens < 500
-    # The model's lock was released: the next request runs.
-    assert engine.complete(base, MESSAGES, SamplingParams(max_tokens=2, temperature=0))
+    assert stream.result.finish_reason == "stop"
+    after = engine.complete(base, MESSAGES, SamplingParams(max_tokens=2, temperature=0))
+    assert after.completion_tokens == 2
+
+
+def test_a_full_queue_is_refused_with_a_retry_after(
+    loader: CountingLoader, base: ModelSource
+) -> None:
+    engine = InferenceEngine(1024**3, loader=loader, limits=BatchLimits(max_rows=1, queue_limit=1))
+    long = SamplingParams(max_tokens=400, temperature=0)
+    running, queued = engine.stream(base, MESSAGES, long), engine.stream(base, MESSAGES, long)
+    with pytest.raises(TooManyRequests) as refused:
+        engine.stream(base, MESSAGES, long)
+    assert refused.value.status_code == 429
+    assert refused.value.headers is not None
+    assert 1 <= int(refused.value.headers["Retry-After"]) <= 60
+    # Evaluations queue past the limit: they are the worker's, not a caller's.
+    for stream in (running, queued):
+        stream.close()
+        list(stream)
+    assert len(engine.complete_greedy_batch(base, [MESSAGES] * 3, 2)) == 3
 
 
 def test_seed_reproduces_a_sampled_reply(engine: InferenceEngine, base: ModelSource) -> None:
@@ -149,7 +177,7 @@ def test_adapter_is_applied(engine: InferenceEngine, base: ModelSource, tuned: M
     )
 
 
-def test_lru_eviction_under_a_small_budget(
+def test_lru_eviction_of_base_models_under_a_small_budget(
     engine: InferenceEngine,
     loader: CountingLoader,
     base: ModelSource,
@@ -160,26 +188,25 @@ def test_lru_eviction_under_a_small_budget(
     engine.complete(base, MESSAGES, one)
     size = engine.cache.get(base).size_bytes
     assert size > 0
-    engine.cache.budget_bytes = 2 * size + size // 2  # room for two models
+    engine.cache.budget_bytes = size + size // 2  # room for one base model
 
+    engine.complete(tuned, MESSAGES, one)  # a fine-tune of the loaded base: no load
+    assert loader.loads == {"base": 1}
+    engine.complete(eos_model, MESSAGES, one)  # evicts the tiny base
+    assert engine.cache.loaded() == [eos_model.cache_key]
     engine.complete(tuned, MESSAGES, one)
-    engine.complete(base, MESSAGES, one)  # base becomes the most recently used
-    engine.complete(eos_model, MESSAGES, one)  # evicts the tuned model
-
-    assert engine.cache.loaded() == [base.cache_key, eos_model.cache_key]
-    engine.complete(tuned, MESSAGES, one)
-    assert engine.cache.loaded() == [eos_model.cache_key, tuned.cache_key]
-    assert loader.loads == {"tiny": 1, "tiny-ft": 2, "tiny-eos": 1}
+    assert engine.cache.loaded() == [tuned.cache_key]
+    assert loader.loads == {"base": 2, "eos-base": 1}
 
 
 def test_a_model_bigger_than_the_budget_is_served_alone(
-    loader: CountingLoader, base: ModelSource, tuned: ModelSource
+    loader: CountingLoader, base: ModelSource, eos_model: ModelSource
 ) -> None:
     engine = InferenceEngine(1, loader=loader)
     one = SamplingParams(max_tokens=1, temperature=0)
     engine.complete(base, MESSAGES, one)
-    engine.complete(tuned, MESSAGES, one)
-    assert engine.cache.loaded() == [tuned.cache_key]
+    engine.complete(eos_model, MESSAGES, one)
+    assert engine.cache.loaded() == [eos_model.cache_key]
 
 
 def test_concurrent_requests_share_one_load(
@@ -211,7 +238,8 @@ def test_concurrent_requests_share_one_load(
     assert not errors
     assert len({results[n] for n in range(1, 8, 2)}) == 1
     assert len({results[n] for n in range(0, 8, 2)}) == 1
-    assert loader.loads == {"tiny": 1, "tiny-ft": 1}
+    assert loader.loads == {"base": 1}
+    assert engine.cache.get(base).adapters.loaded() == [str(tuned.adapter_path.resolve())]  # type: ignore[union-attr]
 
 
 def test_missing_files_are_reported(engine: InferenceEngine, tmp_path: Path) -> None:
@@ -237,7 +265,7 @@ def test_concurrent_loads_of_different_models_leave_weight_tying_intact(
 
     def load_together(source: ModelSource, start: threading.Barrier) -> None:
         start.wait()
-        load_model(source)
+        load_base(source)
 
     original = PreTrainedModel.tie_weights
     for _ in range(5):
@@ -272,8 +300,7 @@ def test_a_greedy_batch_replies_as_each_conversation_would_alone(
         engine.complete(base, c, SamplingParams(max_tokens=12, temperature=0))
         for c in conversations
     ]
-    assert [c.text for c in batch] == [c.text for c in alone]
-    assert [c.prompt_tokens for c in batch] == [c.prompt_tokens for c in alone]
+    assert batch == alone
     assert all(c.finish_reason == "length" and c.completion_tokens == 12 for c in batch)
     stopped = engine.complete_greedy_batch(eos_model, conversations[:2], 12)
     assert [(c.text, c.finish_reason, c.completion_tokens) for c in stopped] == [

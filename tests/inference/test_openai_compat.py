@@ -177,7 +177,7 @@ def test_credentials_are_required(live_server: str, account: Account) -> None:
     assert TINY_BASE_MODEL in [model.id for model in with_jwt.models.list()]
 
 
-def test_a_client_leaving_mid_stream_frees_the_model(
+def test_a_client_leaving_mid_stream_is_metered_as_a_failed_call(
     live_server: str,
     api_key: str,
     sdk: openai.OpenAI,
@@ -198,7 +198,5 @@ def test_a_client_leaving_mid_stream_frees_the_model(
         time.sleep(0.1)
         db_session.rollback()
     assert [(row.success, row.completion_tokens) for row in rows] == [(False, 0)]
-    # The generation stopped and released the model well before 4000 tokens.
-    started = time.monotonic()
-    sdk.chat.completions.create(model=fine_tuned.id, messages=MESSAGES, max_tokens=2)
-    assert time.monotonic() - started < 20
+    # (That its row leaves the batch is test_serving_api's.)
+    assert sdk.chat.completions.create(model=fine_tuned.id, messages=MESSAGES, max_tokens=2)

@@ -105,6 +105,12 @@ def test_the_sdk_trains_pauses_cancels_and_serves_a_fine_tune(sdk: openai.OpenAI
         rf"ft:{TINY_BASE_MODEL}:org-\d+:sdk-a:{job.id}", done.fine_tuned_model or ""
     )
     assert done.trained_tokens and done.finished_at and done.organization_id
+    [results_id] = done.result_files
+    results = typed(FileObject, raw(sdk.files.with_raw_response.retrieve(results_id)))
+    assert isinstance(results, FileObject) and results.purpose == "fine-tune-results"
+    rows = sdk.files.content(results_id).read().decode().splitlines()
+    assert rows[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    assert len(rows) > 2 and rows[-1].split(",")[1]  # a train loss on the last step
 
     events = raw(sdk.fine_tuning.jobs.with_raw_response.list_events(job.id, limit=100))["data"]
     for event in events:
@@ -169,9 +175,19 @@ def test_other_purposes_and_methods_are_refused_naming_the_parameter(
         sdk.fine_tuning.jobs.create(
             model=TINY_BASE_MODEL,
             training_file=file.id,
-            method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}},
+            method={"type": "reinforcement", "reinforcement": {}},  # type: ignore[typeddict-item]
         )
     assert refused.value.param == "method.type"
+
+    # DPO trains on preference pairs; this file holds chat examples.
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.fine_tuning.jobs.create(
+            model=TINY_BASE_MODEL,
+            training_file=file.id,
+            method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}},
+        )
+    assert refused.value.param == "training_file"
+    assert "preference" in refused.value.message
 
     with pytest.raises(openai.BadRequestError) as refused:
         sdk.fine_tuning.jobs.create(model=TINY_BASE_MODEL, training_file="file-missing")

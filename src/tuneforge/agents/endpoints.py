@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Path, Query, status
 
 from tuneforge.agents import service
 from tuneforge.agents.schemas import (
+    MAX_MESSAGES,
     AgentCreate,
     AgentOut,
     AgentPage,
@@ -17,6 +18,7 @@ from tuneforge.agents.schemas import (
     ConversationPage,
     ConversationSummary,
     ConversationUpdate,
+    CorrectionIn,
     Deleted,
     Rating,
     Tag,
@@ -198,6 +200,54 @@ def update_conversation(
 ) -> ConversationOut:
     conversation, messages = service.update_conversation(
         session, principal.organization_id, agent_id, conversation_id, body
+    )
+    return ConversationOut.from_parts(conversation, messages)
+
+
+MessageIndex = Annotated[
+    int, Path(ge=0, le=MAX_MESSAGES, description="The message's 0-based place in the conversation.")
+]
+
+
+@router.put(
+    "/{agent_id}/conversations/{conversation_id}/messages/{index}/correction",
+    summary="Record a better reply to one of the conversation's assistant messages",
+    description=(
+        "Replaces any earlier correction of that message. A low-rated conversation's logged "
+        "and corrected replies import as a preference pair (`kind: preference` imports)."
+    ),
+    response_model=ConversationOut,
+    responses=error_responses(Unauthorized, NotFound, InvalidInput),
+)
+def set_correction(
+    agent_id: str,
+    conversation_id: str,
+    index: MessageIndex,
+    body: CorrectionIn,
+    principal: PrincipalDep,
+    session: SessionDep,
+) -> ConversationOut:
+    conversation, messages = service.set_correction(
+        session, principal.organization_id, agent_id, conversation_id, index, body
+    )
+    return ConversationOut.from_parts(conversation, messages)
+
+
+@router.delete(
+    "/{agent_id}/conversations/{conversation_id}/messages/{index}/correction",
+    summary="Remove the correction of an assistant message",
+    response_model=ConversationOut,
+    responses=error_responses(Unauthorized, NotFound, InvalidInput),
+)
+def delete_correction(
+    agent_id: str,
+    conversation_id: str,
+    index: MessageIndex,
+    principal: PrincipalDep,
+    session: SessionDep,
+) -> ConversationOut:
+    conversation, messages = service.set_correction(
+        session, principal.organization_id, agent_id, conversation_id, index, None
     )
     return ConversationOut.from_parts(conversation, messages)
 

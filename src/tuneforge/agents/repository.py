@@ -20,14 +20,17 @@ class ConversationFilter:
     """Which conversations a listing or an import covers; empty fields filter nothing.
 
     ``started_from`` is inclusive and ``started_to`` exclusive, so ranges tile without overlap;
-    ``tags`` matches conversations having any of them.
+    ``tags`` matches conversations having any of them; ``corrected`` those with a corrected
+    reply. A rating bound leaves unrated conversations out.
     """
 
     agent_ids: Sequence[str] = ()
     started_from: datetime | None = None
     started_to: datetime | None = None
     min_rating: int | None = None
+    max_rating: int | None = None
     tags: Sequence[str] = ()
+    corrected: bool = False
 
 
 def _count(session: Session, stmt: Select[Any]) -> int:
@@ -75,6 +78,15 @@ def _filtered_conversations(
         stmt = stmt.where(Conversation.started_at < f.started_to)
     if f.min_rating is not None:
         stmt = stmt.where(Conversation.rating >= f.min_rating)
+    if f.max_rating is not None:
+        stmt = stmt.where(Conversation.rating <= f.max_rating)
+    if f.corrected:
+        stmt = stmt.where(
+            exists().where(
+                ConversationMessage.conversation_id == Conversation.id,
+                ConversationMessage.correction.is_not(None),
+            )
+        )
     if f.tags:
         stmt = stmt.where(
             exists().where(

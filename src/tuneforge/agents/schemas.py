@@ -149,6 +149,28 @@ class ToolCall(BaseModel):
     function: ToolCallFunction
 
 
+class CorrectionIn(BaseModel):
+    """A better reply than the one logged: the assistant message the agent should have sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    content: str | None = Field(default=None, min_length=1, max_length=MAX_MESSAGE_CHARACTERS)
+    tool_calls: list[ToolCall] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def something_to_say(self) -> CorrectionIn:
+        if self.content is None and not self.tool_calls:
+            raise ValueError("a correction needs content or tool_calls")
+        return self
+
+    def as_message(self) -> dict[str, Any]:
+        """As an OpenAI assistant message, the form a preference pair's reply takes."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        return message
+
+
 class MessageIn(BaseModel):
     """One chat message in OpenAI's format, so logged conversations import as training data."""
 
@@ -157,6 +179,10 @@ class MessageIn(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=100)
     tool_calls: list[ToolCall] | None = Field(default=None, min_length=1)
     tool_call_id: str | None = Field(default=None, min_length=1, max_length=100)
+    correction: CorrectionIn | None = Field(
+        default=None,
+        description="Assistant messages only: the reply a reviewer would have wanted instead.",
+    )
 
     @model_validator(mode="after")
     def check_role_fields(self) -> MessageIn:
@@ -164,6 +190,8 @@ class MessageIn(BaseModel):
             raise ValueError("content is required unless tool_calls are present")
         if self.tool_calls and self.role is not MessageRole.ASSISTANT:
             raise ValueError("only assistant messages may have tool_calls")
+        if self.correction is not None and self.role is not MessageRole.ASSISTANT:
+            raise ValueError("only assistant messages may have a correction")
         if self.role is MessageRole.TOOL and self.tool_call_id is None:
             raise ValueError("tool messages need the tool_call_id they answer")
         return self
@@ -177,6 +205,9 @@ class MessageOut(BaseModel):
     name: str | None
     tool_calls: list[dict[str, Any]] | None
     tool_call_id: str | None
+    correction: dict[str, Any] | None = Field(
+        description="A reviewer's better reply to this assistant message, if one was recorded."
+    )
 
 
 class ConversationCreate(BaseModel):

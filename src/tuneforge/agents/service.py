@@ -15,6 +15,7 @@ from tuneforge.agents.schemas import (
     AgentUpdate,
     ConversationCreate,
     ConversationUpdate,
+    CorrectionIn,
     ToolDefinition,
     normalize_tags,
 )
@@ -116,6 +117,7 @@ def create_conversation(
                 [call.model_dump() for call in message.tool_calls] if message.tool_calls else None
             ),
             tool_call_id=message.tool_call_id,
+            correction=message.correction.as_message() if message.correction else None,
         )
         for position, message in enumerate(request.messages)
     ]
@@ -204,6 +206,35 @@ def update_conversation(
     return conversation, messages
 
 
+def set_correction(
+    session: Session,
+    organization_id: str,
+    agent_id: str,
+    conversation_id: str,
+    index: int,
+    correction: CorrectionIn | None,
+) -> tuple[Conversation, list[ConversationMessage]]:
+    """Record (or with None, remove) a better reply to the assistant message at ``index``."""
+    conversation = _get_conversation(session, organization_id, agent_id, conversation_id)
+    messages = repository.messages_by_conversation(session, [conversation.id])[conversation.id]
+    if not 0 <= index < len(messages):
+        raise NotFound(
+            f"Conversation {conversation.id} has no message {index} (it has {len(messages)})",
+            field="index",
+        )
+    message = messages[index]
+    if message.role != "assistant":
+        raise InvalidInput(
+            f"index: message {index} is a {message.role} message; only an assistant reply "
+            "can be corrected",
+            field="index",
+        )
+    message.correction = correction.as_message() if correction else None
+    conversation.updated_at = utcnow()
+    session.flush()
+    return conversation, messages
+
+
 def delete_conversation(
     session: Session, organization_id: str, agent_id: str, conversation_id: str
 ) -> Conversation:
@@ -221,14 +252,23 @@ def count_conversations_for_import(
     started_from: datetime | None = None,
     started_to: datetime | None = None,
     min_rating: int | None = None,
+    max_rating: int | None = None,
     tags: list[str] | None = None,
+    corrected: bool = False,
 ) -> int:
     """How many conversations an import with these filters would read, for a preview.
 
     Filters mean what they mean in ``iter_conversations_for_import``.
     """
     conversation_filter = _import_filter(
-        session, organization_id, agent_ids, started_from, started_to, min_rating, tags
+        session,
+        organization_id,
+        agent_ids,
+        started_from,
+        started_to,
+        (min_rating, max_rating),
+        tags,
+        corrected,
     )
     return repository.count_conversations(session, organization_id, conversation_filter)
 
@@ -241,21 +281,31 @@ def iter_conversations_for_import(
     started_from: datetime | None = None,
     started_to: datetime | None = None,
     min_rating: int | None = None,
+    max_rating: int | None = None,
     tags: list[str] | None = None,
+    corrected: bool = False,
     batch_size: int = 500,
 ) -> Iterator[tuple[Conversation, list[ConversationMessage]]]:
     """Stream matching conversations, oldest first, each with its messages in order.
 
     Only ``batch_size`` conversations (and their messages) are loaded at a time. ``None`` or
     an empty list filters nothing; ``started_from`` is inclusive, ``started_to`` exclusive;
-    ``tags`` match any of them. Conversations of deleted agents are skipped. The filters are
+    ``tags`` match any of them; ``corrected`` keeps conversations with at least one corrected
+    reply. Conversations of deleted agents are skipped. The filters are
     checked now, not on the first ``next()``: an agent id the organization does not own
     raises ``NotFound`` and a bad ``batch_size`` or rating raises ``InvalidInput``.
     """
     if batch_size < 1:
         raise InvalidInput("batch_size must be at least 1", field="batch_size")
     conversation_filter = _import_filter(
-        session, organization_id, agent_ids, started_from, started_to, min_rating, tags
+        session,
+        organization_id,
+        agent_ids,
+        started_from,
+        started_to,
+        (min_rating, max_rating),
+        tags,
+        corrected,
     )
     return _stream_with_messages(session, organization_id, conversation_filter, batch_size)
 
@@ -277,22 +327,29 @@ def _import_filter(
     agent_ids: list[str] | None,
     started_from: datetime | None,
     started_to: datetime | None,
-    min_rating: int | None,
+    ratings: tuple[int | None, int | None],
     tags: list[str] | None,
+    corrected: bool,
 ) -> ConversationFilter:
     if agent_ids:
         missing = set(agent_ids) - repository.owned_agent_ids(session, organization_id, agent_ids)
         if missing:
             raise NotFound(f"Agent {sorted(missing)[0]} not found", field="agent_ids")
     _check_range(started_from, started_to, field="started_to")
-    if min_rating is not None and not 1 <= min_rating <= 5:
-        raise InvalidInput("min_rating must be between 1 and 5", field="min_rating")
+    min_rating, max_rating = ratings
+    for name, rating in (("min_rating", min_rating), ("max_rating", max_rating)):
+        if rating is not None and not 1 <= rating <= 5:
+            raise InvalidInput(f"{name} must be between 1 and 5", field=name)
+    if min_rating is not None and max_rating is not None and min_rating > max_rating:
+        raise InvalidInput("max_rating is below min_rating", field="max_rating")
     return _conversation_filter(
         agent_ids=agent_ids,
         started_from=started_from,
         started_to=started_to,
         min_rating=min_rating,
         tags=tags,
+        max_rating=max_rating,
+        corrected=corrected,
     )
 
 
@@ -308,11 +365,15 @@ def _conversation_filter(
     started_to: datetime | None,
     min_rating: int | None,
     tags: list[str] | None,
+    max_rating: int | None = None,
+    corrected: bool = False,
 ) -> ConversationFilter:
     return ConversationFilter(
         agent_ids=tuple(agent_ids or ()),
         started_from=utc_moment(started_from) if started_from else None,
         started_to=utc_moment(started_to) if started_to else None,
         min_rating=min_rating,
+        max_rating=max_rating,
         tags=tuple(normalize_tags(tags or ())),
+        corrected=corrected,
     )

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import BackgroundTasks, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -27,9 +29,14 @@ PrincipalCacheDep = Annotated[PrincipalCache, Depends(get_principal_cache)]
 
 
 async def authenticate(
-    cache: PrincipalCache, session: Session, settings: Settings, bearer: str
+    cache: PrincipalCache,
+    session: Session,
+    settings: Settings,
+    bearer: str,
+    record_key_use: Callable[[str], None] | None = None,
 ) -> Principal:
-    """The bearer's principal: from the recently authenticated ones, else from the database.
+    """The bearer's principal: from the recently authenticated ones, else from the database,
+    and then an API key's id goes to ``record_key_use``.
 
     Async, so that a cached credential costs no threadpool hop."""
     key = credential_key(bearer)
@@ -37,7 +44,22 @@ async def authenticate(
     if principal is None:
         principal = await run_in_threadpool(service.authenticate, session, bearer, settings)
         cache.put(key, principal)
+        if principal.api_key_id is not None and record_key_use is not None:
+            record_key_use(principal.api_key_id)
     return principal
+
+
+def after_response(request: Request, background: BackgroundTasks) -> Callable[[str], None]:
+    """Records an API key's use once the response is sent (``service.record_api_key_use``),
+    in one of the request sessions' slots: beyond them the pool would open and close
+    overflow connections, each a new PostgreSQL backend."""
+    state = app_state(request)
+
+    async def record(api_key_id: str) -> None:
+        async with state.session_slots:
+            await run_in_threadpool(service.record_api_key_use, state.session_factory, api_key_id)
+
+    return partial(background.add_task, record)
 
 
 async def get_principal(
@@ -45,12 +67,14 @@ async def get_principal(
     session: SessionDep,
     settings: SettingsDep,
     cache: PrincipalCacheDep,
+    background: BackgroundTasks,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """The bearer header first; else the dashboard's session cookie, whose unsafe requests
     must carry the page's CSRF token so another site cannot ride on the cookie."""
     if credentials is not None and credentials.scheme.lower() == "bearer":
-        return await authenticate(cache, session, settings, credentials.credentials)
+        record = after_response(request, background)
+        return await authenticate(cache, session, settings, credentials.credentials, record)
     cookie = session_token(request)
     if cookie is None:
         raise Unauthorized("Missing bearer token")
@@ -66,11 +90,12 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 async def get_principal_briefly(
     request: Request,
+    background: BackgroundTasks,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """``PrincipalDep``'s checks in a unit of work of their own, ended before the endpoint
-    runs: for endpoints whose long work (a streamed upload, a generation) must hold neither
-    a session slot nor the row lock of an API key's ``last_used_at`` write."""
+    runs: for endpoints whose long work (a streamed upload, a generation) must not hold a
+    session slot."""
     state = app_state(request)
     async with request_unit_of_work(state, read_only=False) as session:
         return await get_principal(
@@ -78,6 +103,7 @@ async def get_principal_briefly(
             session=session,
             settings=state.settings,
             cache=state.shared(PrincipalCache),
+            background=background,
             credentials=credentials,
         )
 

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from tuneforge.auth.security import email_key
@@ -68,6 +69,19 @@ def get_api_key_access(session: Session, key_hash: str) -> tuple[ApiKey, Access 
     if user is None or organization is None or role is None:
         return api_key, None
     return api_key, Access(user, organization, role)
+
+
+def touch_api_key(session: Session, api_key_id: str, now: datetime, stale_before: datetime) -> None:
+    """Record a use of the key, if its last recorded one is older than ``stale_before``: a
+    key already touched by another process is not written (nor row-locked) again."""
+    session.execute(
+        update(ApiKey)
+        .where(
+            ApiKey.id == api_key_id,
+            or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < stale_before),
+        )
+        .values(last_used_at=now)
+    )
 
 
 def list_api_keys(session: Session, organization_id: str) -> list[ApiKey]:

@@ -58,7 +58,11 @@ class Principal:
     organization: CallingOrganization
     role: Role
     expires_at: datetime | None = None  # a JWT's expiry; an API key lasts until revoked
-    by_api_key: bool = False
+    api_key_id: str | None = None  # the key it came from, if it did
+
+    @property
+    def by_api_key(self) -> bool:
+        return self.api_key_id is not None
 
     @property
     def organization_id(self) -> str:
@@ -79,7 +83,7 @@ class Principal:
         access: repository.Access,
         expires_at: datetime | None = None,
         *,
-        by_api_key: bool = False,
+        api_key_id: str | None = None,
     ) -> Principal:
         user, organization = access.user, access.organization
         return cls(
@@ -89,7 +93,7 @@ class Principal:
             organization=CallingOrganization(id=organization.id, name=organization.name),
             role=access.role,
             expires_at=expires_at,
-            by_api_key=by_api_key,
+            api_key_id=api_key_id,
         )
 
 
@@ -173,16 +177,15 @@ def _issue(user: User, organization_id: str, settings: Settings) -> IssuedToken:
 def authenticate(session: Session, bearer: str, settings: Settings) -> Principal:
     """Resolve a bearer credential: an API key (``tf-...``) or a JWT access token.
 
-    One query either way: it runs on every API request."""
-    expires_at = None
+    One query either way, and no write: an API key's use is recorded apart
+    (``record_api_key_use``), so that a read stays a read."""
+    expires_at = api_key_id = None
     if bearer.startswith(API_KEY_PREFIX):
         found = repository.get_api_key_access(session, hash_api_key(bearer))
         if found is None:
             raise Unauthorized("API key is invalid or revoked")
         api_key, access = found
-        now = utcnow()
-        if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
-            api_key.last_used_at = now
+        api_key_id = api_key.id
     else:
         claims = decode_access_token(bearer, settings.signing_key())
         access = repository.get_access(session, claims.user_id, claims.organization_id)
@@ -191,7 +194,16 @@ def authenticate(session: Session, bearer: str, settings: Settings) -> Principal
         expires_at = claims.expires_at
     if access is None:
         raise Unauthorized("Credentials no longer grant access")
-    return Principal.of(access, expires_at, by_api_key=bearer.startswith(API_KEY_PREFIX))
+    return Principal.of(access, expires_at, api_key_id=api_key_id)
+
+
+def record_api_key_use(session_factory: sessionmaker[Session], api_key_id: str) -> None:
+    """Set the key's ``last_used_at``, unless a process did within ``LAST_USED_RESOLUTION``:
+    in a transaction of its own, run after the response, so a request never waits for the
+    write, its commit or the key's row lock."""
+    now = utcnow()
+    with unit_of_work(session_factory) as session:
+        repository.touch_api_key(session, api_key_id, now, now - LAST_USED_RESOLUTION)
 
 
 def sign_out_everywhere(session: Session, user_id: str) -> None:

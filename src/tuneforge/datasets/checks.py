@@ -3,6 +3,8 @@
 The checks are those of OpenAI's "Data preparation and analysis for chat model
 fine-tuning" cookbook, plus the ones its API applies that the cookbook leaves out (weights,
 tool calls, tool definitions), so users see every problem before a job is created.
+Preference pairs (OpenAI's DPO format) are checked with the same message rules for their
+prompt, plus the shape of their two replies.
 """
 
 from __future__ import annotations
@@ -37,6 +39,24 @@ def validate_chat_example(payload: Any) -> tuple[list[Issue], list[Issue]]:
     if not isinstance(messages, list) or not messages:
         missing = make_issue("missing_messages_list", 'Example needs a non-empty "messages" list')
         return [missing], []
+    errors, roles, trained = _check_messages(messages)
+    if "assistant" not in roles:
+        errors.append(
+            make_issue("example_missing_assistant_message", "Example has no assistant message")
+        )
+    tools = payload.get("tools")
+    if tools is not None and not _valid_tools(tools):
+        errors.append(make_issue("invalid_tools", _BAD_TOOLS))
+    warnings = _context_warnings(roles)
+    if "assistant" in roles and not trained:
+        warnings.append(
+            make_issue("no_trained_assistant_message", "Every assistant message has weight 0")
+        )
+    return errors, warnings
+
+
+def _check_messages(messages: list[Any]) -> tuple[list[Issue], set[str], bool]:
+    """Errors of each message, the roles seen, and whether an assistant turn is trained."""
     errors: list[Issue] = []
     roles: set[str] = set()
     trained = False
@@ -73,23 +93,110 @@ def validate_chat_example(payload: Any) -> tuple[list[Issue], list[Issue]]:
         errors.extend(_check_message(message, role, index))
         if role == "assistant" and message.get("weight", 1) != 0:
             trained = True
-    if "assistant" not in roles:
-        errors.append(
-            make_issue("example_missing_assistant_message", "Example has no assistant message")
-        )
-    tools = payload.get("tools")
-    if tools is not None and not _valid_tools(tools):
-        errors.append(make_issue("invalid_tools", _BAD_TOOLS))
+    return errors, roles, trained
+
+
+def _context_warnings(roles: set[str]) -> list[Issue]:
     warnings: list[Issue] = []
     if "system" not in roles and "developer" not in roles:
         warnings.append(make_issue("missing_system_message", "Example has no system message"))
     if "user" not in roles:
         warnings.append(make_issue("missing_user_message", "Example has no user message"))
-    if "assistant" in roles and not trained:
-        warnings.append(
-            make_issue("no_trained_assistant_message", "Every assistant message has weight 0")
+    return warnings
+
+
+# OpenAI's DPO format: {"input": {"messages", "tools"?}, "preferred_output": [assistant
+# message], "non_preferred_output": [assistant message]}.
+PREFERENCE_KEYS = frozenset({"input", "preferred_output", "non_preferred_output"})
+PREFERENCE_OUTPUTS = ("preferred_output", "non_preferred_output")
+_INPUT_KEYS = frozenset({"messages", "tools", "parallel_tool_calls"})
+
+
+def is_preference_example(payload: Any) -> bool:
+    """Whether a line is meant as a preference pair: it has a DPO key and no "messages"."""
+    return (
+        isinstance(payload, dict)
+        and "messages" not in payload
+        and bool(payload.keys() & PREFERENCE_KEYS)
+    )
+
+
+def validate_preference_example(payload: dict[str, Any]) -> tuple[list[Issue], list[Issue]]:
+    """(errors, warnings) of a preference pair's format. Message indexes count the prompt's
+    ``input.messages``; a problem in a reply names the reply."""
+    errors: list[Issue] = []
+    warnings: list[Issue] = []
+    if unknown := sorted(payload.keys() - PREFERENCE_KEYS):
+        errors.append(
+            make_issue(
+                "unrecognized_key",
+                f"Unrecognized key(s): {', '.join(unknown)}; a preference pair has "
+                '"input", "preferred_output" and "non_preferred_output"',
+            )
+        )
+    source = payload.get("input")
+    messages = source.get("messages") if isinstance(source, dict) else None
+    if not isinstance(source, dict) or not isinstance(messages, list) or not messages:
+        errors.append(
+            make_issue(
+                "missing_input", '"input" must be an object with a non-empty "messages" list'
+            )
+        )
+    else:
+        if unknown := sorted(source.keys() - _INPUT_KEYS):
+            errors.append(
+                make_issue(
+                    "unrecognized_key", f"Unrecognized key(s) in input: {', '.join(unknown)}"
+                )
+            )
+        message_errors, roles, _ = _check_messages(messages)
+        errors += message_errors
+        errors += [
+            make_issue("invalid_weight", "Prompt messages are never learned; remove 'weight'", i)
+            for i, m in enumerate(messages)
+            if isinstance(m, dict) and "weight" in m
+        ]
+        tools = source.get("tools")
+        if tools is not None and not _valid_tools(tools):
+            errors.append(make_issue("invalid_tools", _BAD_TOOLS))
+        if "parallel_tool_calls" in source:
+            warnings.append(
+                make_issue(
+                    "ignored_field",
+                    "input.parallel_tool_calls is not used by local training and is not kept",
+                )
+            )
+        warnings += _context_warnings(roles)
+    for name in PREFERENCE_OUTPUTS:
+        errors += _check_output(name, payload.get(name))
+    if not errors and payload["preferred_output"] == payload["non_preferred_output"]:
+        errors.append(
+            make_issue(
+                "identical_outputs",
+                "preferred_output and non_preferred_output are the same reply: nothing to learn",
+            )
         )
     return errors, warnings
+
+
+def _check_output(name: str, output: Any) -> list[Issue]:
+    """A reply must be a list of exactly one assistant message (OpenAI's rule for DPO)."""
+    if not isinstance(output, list) or len(output) != 1 or not isinstance(output[0], dict):
+        return [make_issue("invalid_output", f'"{name}" must be a list of one assistant message')]
+    message = output[0]
+    issues: list[Issue] = []
+    if message.get("role") != "assistant":
+        issues.append(make_issue("invalid_output", f"{name}: the reply's role must be 'assistant'"))
+    if not message.keys() <= ALLOWED_MESSAGE_KEYS - {"weight"}:
+        unknown = ", ".join(sorted(message.keys() - (ALLOWED_MESSAGE_KEYS - {"weight"})))
+        issues.append(
+            make_issue("message_unrecognized_key", f"{name}: unrecognized key(s): {unknown}")
+        )
+    issues += [
+        make_issue(issue["code"], f"{name}: {issue['message']}")
+        for issue in _check_message(message, "assistant", 0)
+    ]
+    return issues
 
 
 _BAD_CONTENT = "Content must be a string or a list of text/image parts"

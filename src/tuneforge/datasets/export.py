@@ -1,4 +1,5 @@
-"""Writing a job's training and validation files (OpenAI chat JSONL) from stored example rows.
+"""Writing a job's training and validation files from stored example rows: OpenAI's chat
+JSONL, or its DPO JSONL for a dataset of preference pairs.
 
 Datasets can hold hundreds of thousands of examples, so rows are read in keyset pages of
 plain columns (no ORM identity map growing with the file) and written line by line.
@@ -17,6 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Row, select, tuple_
 from sqlalchemy.orm import Session
 
+from tuneforge.datasets.preference import stored_payload
 from tuneforge.db.tables.datasets import ExampleSplit, TrainingExample
 from tuneforge.db.tables.jobs import FineTuningJob
 from tuneforge.errors import InvalidInput
@@ -46,21 +48,28 @@ def iter_example_lines(
         conditions.append(ex.split == split)
     after: tuple[int, str] | None = None
     while True:
-        stmt = select(ex.line_number, ex.id, ex.messages, ex.tools).where(*conditions)
+        stmt = select(
+            ex.line_number,
+            ex.id,
+            ex.messages,
+            ex.tools,
+            ex.preferred_output,
+            ex.non_preferred_output,
+        ).where(*conditions)
         if after is not None:
             stmt = stmt.where(tuple_(ex.line_number, ex.id) > tuple_(*after))
         rows = session.execute(stmt.order_by(ex.line_number, ex.id).limit(page_size)).all()
         for row in rows:
-            yield _chat_line(row)
+            yield _example_line(row)
         if len(rows) < page_size:
             return
         after = (rows[-1].line_number, rows[-1].id)
 
 
-def _chat_line(row: Row[Any]) -> str:
-    record: dict[str, Any] = {"messages": row.messages}
-    if row.tools:
-        record["tools"] = row.tools
+def _example_line(row: Row[Any]) -> str:
+    record = stored_payload(
+        row.messages, row.tools or None, row.preferred_output, row.non_preferred_output
+    )
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
 

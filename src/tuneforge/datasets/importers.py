@@ -1,7 +1,11 @@
-"""Importing logged agent conversations as chat examples in OpenAI's fine-tuning format.
+"""Importing logged agent conversations as chat examples in OpenAI's fine-tuning format, or
+their corrected replies as preference pairs in its DPO format.
 
 Conversations stream from the agents service in batches and are validated as they are
-inserted, so an import of any size holds only one batch in memory.
+inserted, so an import of any size holds only one batch in memory. A preference import
+reads conversations rated low (``max_rating``, 2 by default) that carry a correction, and
+makes one pair per corrected assistant reply: the conversation up to that reply is the
+prompt, the correction is preferred over what was logged.
 """
 
 from __future__ import annotations
@@ -25,7 +29,12 @@ from tuneforge.datasets.parsing import RawExample
 from tuneforge.datasets.schemas import ImportFilter, ImportRequest
 from tuneforge.db.scoping import get_owned
 from tuneforge.db.tables.agents import Agent, Conversation, ConversationMessage
-from tuneforge.db.tables.datasets import DatasetFormat, DatasetStatus, FineTuningDataset
+from tuneforge.db.tables.datasets import (
+    DatasetFormat,
+    DatasetKind,
+    DatasetStatus,
+    FineTuningDataset,
+)
 from tuneforge.errors import InvalidInput
 from tuneforge.providers.catalog import DEFAULT_VALIDATION_MODEL
 
@@ -73,24 +82,59 @@ def _examples(
     request: ImportRequest,
     first_line: int,
 ) -> Iterator[tuple[RawExample, str | None]]:
-    """(example, conversation id) per conversation; each agent is looked up once. An agent's
-    tools go with its conversations, so the calls in them train with their definitions."""
+    """(example, conversation id) per conversation, or per corrected reply for a preference
+    import; each agent is looked up once. An agent's tools go with its conversations, so
+    the calls in them train with their definitions."""
     agents: dict[str, Agent] = {}
-    for line_number, (conversation, messages) in enumerate(conversations, first_line):
+    line_number = first_line
+    for conversation, messages in conversations:
         if conversation.agent_id not in agents:
             agents[conversation.agent_id] = get_owned(
                 session, Agent, conversation.agent_id, organization_id
             )
         agent = agents[conversation.agent_id]
-        chat = conversation_messages(
-            messages,
-            system_prompt=agent.system_prompt if request.include_system_prompt else None,
-            assistant_turns=request.assistant_turns,
+        system_prompt = agent.system_prompt if request.include_system_prompt else None
+        tools = {"tools": agent.tools} if agent.tools else {}
+        if request.kind is DatasetKind.PREFERENCE:
+            examples = [
+                {**pair, "input": {**pair["input"], **tools}}
+                for pair in preference_pairs(messages, system_prompt=system_prompt)
+            ]
+        else:
+            chat = conversation_messages(
+                messages, system_prompt=system_prompt, assistant_turns=request.assistant_turns
+            )
+            examples = [{"messages": chat, **tools}]
+        for example in examples:
+            yield RawExample(line_number, example, None, None), conversation.id
+            line_number += 1
+
+
+def preference_pairs(
+    messages: Sequence[ConversationMessage], *, system_prompt: str | None
+) -> list[dict[str, Any]]:
+    """One DPO example per corrected assistant reply: the conversation before it as the
+    prompt, the correction preferred, the logged reply not."""
+    pairs = []
+    for position, message in enumerate(messages):
+        if message.role != "assistant" or message.correction is None:
+            continue
+        prompt = conversation_messages(
+            messages[:position], system_prompt=system_prompt, assistant_turns="all"
         )
-        example: dict[str, Any] = {"messages": chat}
-        if agent.tools:
-            example["tools"] = agent.tools
-        yield RawExample(line_number, example, None, None), conversation.id
+        pairs.append(
+            {
+                "input": {"messages": prompt},
+                "preferred_output": [_reply(message.correction)],
+                "non_preferred_output": [_reply(message_dict(message))],
+            }
+        )
+    return pairs
+
+
+def _reply(message: dict[str, Any]) -> dict[str, Any]:
+    """An assistant reply as a DPO output: no empty content beside tool calls."""
+    return {key: value for key, value in message.items() if value is not None}
 
 
 def _filters(request: ImportFilter) -> dict[str, Any]:
@@ -99,7 +143,9 @@ def _filters(request: ImportFilter) -> dict[str, Any]:
         "started_from": request.started_from,
         "started_to": request.started_to,
         "min_rating": request.min_rating,
+        "max_rating": request.rating_ceiling,
         "tags": request.tags,
+        "corrected": request.kind is DatasetKind.PREFERENCE,
     }
 
 
@@ -127,6 +173,13 @@ def import_conversations(
         dataset = repository.get_dataset(
             session, organization_id, request.dataset_id, for_update=True
         )
+        if dataset.total_examples and dataset.kind is not request.kind:
+            raise InvalidInput(
+                f"kind: dataset {dataset.id} holds {dataset.kind.value} examples; import "
+                f"{dataset.kind.value} examples into it, or {request.kind.value} ones into a "
+                "new dataset",
+                field="kind",
+            )
     else:
         dataset = FineTuningDataset(
             organization_id=organization_id,
@@ -134,6 +187,7 @@ def import_conversations(
             name=request.name,
             description=request.description,
             format=DatasetFormat.CONVERSATIONS,
+            kind=request.kind,
             status=DatasetStatus.VALIDATING,
             target_model=request.model or DEFAULT_VALIDATION_MODEL,
             validation_fraction=request.validation_fraction or 0.0,
@@ -146,7 +200,12 @@ def import_conversations(
     first_line = repository.max_line_number(session, dataset.id) + 1
     examples = _examples(session, organization_id, conversations, request, first_line)
     if ingest_examples(session, dataset, examples, builder) == 0:
-        raise InvalidInput("No conversations match these filters", field="filters")
+        wanted = (
+            "low-rated conversations with a corrected reply"
+            if request.kind is DatasetKind.PREFERENCE
+            else "conversations"
+        )
+        raise InvalidInput(f"No {wanted} match these filters", field="filters")
     apply_report(dataset, builder)
     session.flush()
     return dataset

@@ -2,15 +2,22 @@
 
 Example rows are the canonical data once a dataset exists: re-validation reads them, not the
 uploaded file, so edited examples count. Every pass over rows goes in fixed-size batches so
-memory stays flat whatever the dataset size. Nothing here commits; the caller's unit of work
-does, so a failed upload or import leaves neither rows nor a file.
+memory stays flat whatever the dataset size. A large JSON Lines upload is cut into spans of
+whole lines that a process pool checks and encodes as rows (``SpanCheck``); the request's
+thread takes the results in line order, merges their report tallies and writes the rows in
+bulk. Nothing here commits; the caller's unit of work does, so a failed upload or import
+leaves neither rows nor a file.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from pathlib import PurePath
+from collections.abc import Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import islice
+from pathlib import Path, PurePath
 from typing import Any
 
 import orjson
@@ -18,21 +25,40 @@ from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from tuneforge.config import Settings
-from tuneforge.datasets import repository, storage
-from tuneforge.datasets.parsing import RawExample, detect_format, read_examples
+from tuneforge.datasets import pool, repository, storage
+from tuneforge.datasets.parsing import (
+    LineSpan,
+    RawExample,
+    detect_format,
+    jsonl_spans,
+    read_examples,
+    read_jsonl_span,
+)
+from tuneforge.datasets.preference import EMPTY_CONTENT, content_columns, stored_payload
 from tuneforge.datasets.schemas import DatasetUploadForm
 from tuneforge.datasets.tokens import token_counter_for
 from tuneforge.datasets.validation import ExampleResult, ReportBuilder
 from tuneforge.db.base import utcnow
-from tuneforge.db.tables.datasets import DatasetStatus, ExampleSplit, FineTuningDataset
-from tuneforge.errors import InvalidInput
+from tuneforge.db.tables.datasets import (
+    DatasetFormat,
+    DatasetStatus,
+    ExampleSplit,
+    FineTuningDataset,
+)
+from tuneforge.errors import InvalidInput, ServiceUnavailable
 from tuneforge.providers.catalog import (
     DEFAULT_VALIDATION_MODEL,
     find_base_model,
     training_price_per_million,
 )
+from tuneforge.providers.contract import BaseModelInfo
 
 BATCH_ROWS = 1000
+# A worker's share of an upload: big enough that handing it over costs little, small enough
+# that the last one finishes soon after the others.
+SPAN_BYTES = 1 << 20
+# Below this an upload is checked in the request's thread: starting workers costs more.
+PARALLEL_MIN_BYTES = 8 << 20
 _NUL_ESCAPE = b"\\u0000"
 
 
@@ -47,10 +73,12 @@ def assign_split(line_number: int, validation_fraction: float, seed: int) -> Exa
 
 def report_builder(model_name: str, settings: Settings) -> ReportBuilder:
     model = find_base_model(model_name, settings)
+    return _new_builder(model, training_price_per_million(model.name, settings))
+
+
+def _new_builder(model: BaseModelInfo, price_per_million: float | None) -> ReportBuilder:
     return ReportBuilder(
-        model=model,
-        counter=token_counter_for(model),
-        price_per_million=training_price_per_million(model.name, settings),
+        model=model, counter=token_counter_for(model), price_per_million=price_per_million
     )
 
 
@@ -83,14 +111,13 @@ def storable(raw: RawExample) -> RawExample:
 
 
 def content_values(raw: RawExample) -> dict[str, Any]:
-    """Row columns of a ``storable`` example: messages and tools, or the raw text."""
-    if raw.payload is None:
-        return {"messages": None, "tools": None, "raw_line": raw.raw_line}
-    return {
-        "messages": raw.payload.get("messages"),
-        "tools": raw.payload.get("tools"),
-        "raw_line": None,
-    }
+    """Row columns of a ``storable`` example: messages and tools (and a preference pair's
+    replies), or the raw text."""
+    columns = None if raw.payload is None else content_columns(raw.payload)
+    if columns is None:
+        text = raw.raw_line if raw.payload is None else orjson.dumps(raw.payload).decode()
+        return {**EMPTY_CONTENT, "raw_line": text}
+    return {**columns, "raw_line": None}
 
 
 def _stored_example(row: Row[Any]) -> RawExample:
@@ -100,9 +127,9 @@ def _stored_example(row: Row[Any]) -> RawExample:
         return RawExample(
             row.line_number, None, row.raw_line, first.get("message"), first.get("code")
         )
-    payload: dict[str, Any] = {"messages": row.messages}
-    if row.tools is not None:
-        payload["tools"] = row.tools
+    payload = stored_payload(
+        row.messages, row.tools, row.preferred_output, row.non_preferred_output
+    )
     return RawExample(row.line_number, payload, None, None)
 
 
@@ -110,6 +137,7 @@ def apply_report(dataset: FineTuningDataset, builder: ReportBuilder) -> None:
     """Finish the report and copy its verdict and counts onto the dataset."""
     report = builder.finish()
     dataset.status = DatasetStatus.VALID if report.is_valid else DatasetStatus.INVALID
+    dataset.kind = report.kind
     dataset.target_model = report.model
     dataset.total_examples = report.total_examples
     dataset.valid_examples = report.valid_examples
@@ -120,24 +148,50 @@ def apply_report(dataset: FineTuningDataset, builder: ReportBuilder) -> None:
     dataset.validated_at = utcnow()
 
 
-def ingest_examples(
-    session: Session,
-    dataset: FineTuningDataset,
-    examples: Iterable[tuple[RawExample, str | None]],
+@dataclass(frozen=True)
+class RowTarget:
+    """What a checked example's row needs from its dataset; small and picklable, for workers."""
+
+    organization_id: str
+    dataset_id: str
+    validation_fraction: float
+    split_seed: int
+    dialect: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, session: Session, dataset: FineTuningDataset) -> RowTarget:
+        return cls(
+            organization_id=dataset.organization_id,
+            dataset_id=dataset.id,
+            validation_fraction=dataset.validation_fraction,
+            split_seed=dataset.split_seed,
+            dialect=session.get_bind().dialect.name,
+            created_at=utcnow(),
+        )
+
+
+def check_examples(
     builder: ReportBuilder,
-) -> int:
-    """Validate streamed (example, source conversation id) pairs and insert them as rows,
-    one executemany per batch; returns how many were inserted."""
-    batch: list[dict[str, Any]] = []
-    inserted = 0
+    target: RowTarget,
+    examples: Iterable[tuple[RawExample, str | None]],
+) -> repository.ExampleRows:
+    """Check (example, source conversation id) pairs into ``builder`` and encode their rows."""
+    encoder = repository.ExampleRowEncoder(
+        target.dialect,
+        {
+            "organization_id": target.organization_id,
+            "dataset_id": target.dataset_id,
+            "created_at": target.created_at,
+            "updated_at": target.created_at,
+        },
+    )
     for parsed, source_conversation_id in examples:
         raw = storable(parsed)
-        split = assign_split(raw.line_number, dataset.validation_fraction, dataset.split_seed)
+        split = assign_split(raw.line_number, target.validation_fraction, target.split_seed)
         result = builder.add(raw, split.value)
-        batch.append(
+        encoder.add(
             {
-                "organization_id": dataset.organization_id,
-                "dataset_id": dataset.id,
                 "line_number": raw.line_number,
                 "split": split,
                 "source_conversation_id": source_conversation_id,
@@ -145,12 +199,84 @@ def ingest_examples(
                 **result_values(result),
             }
         )
-        inserted += 1
-        if len(batch) >= BATCH_ROWS:
-            repository.insert_examples(session, batch)
-            batch = []
-    repository.insert_examples(session, batch)
-    return inserted
+    return encoder.rows
+
+
+@dataclass(frozen=True)
+class CheckedSpan:
+    """A span's report tallies (to merge in line order) and its encoded rows."""
+
+    tally: ReportBuilder
+    rows: repository.ExampleRows
+
+
+@dataclass(frozen=True)
+class SpanCheck:
+    """Checks one span of an uploaded JSON Lines file; run by the pool's workers."""
+
+    path: Path
+    model: BaseModelInfo
+    price_per_million: float | None
+    target: RowTarget
+
+    def __call__(self, span: LineSpan) -> CheckedSpan:
+        tally = _new_builder(self.model, self.price_per_million)
+        examples = ((raw, None) for raw in read_jsonl_span(self.path, span))
+        return CheckedSpan(tally, check_examples(tally, self.target, examples))
+
+
+def ingest_examples(
+    session: Session,
+    dataset: FineTuningDataset,
+    examples: Iterable[tuple[RawExample, str | None]],
+    builder: ReportBuilder,
+) -> int:
+    """Validate streamed (example, source conversation id) pairs in this thread and write
+    them as rows, one bulk write per batch; returns how many were written."""
+    target = RowTarget.of(session, dataset)
+    iterator = iter(examples)
+    written = 0
+    with repository.example_writer(session) as write:
+        while batch := list(islice(iterator, BATCH_ROWS)):
+            rows = check_examples(builder, target, batch)
+            write(rows)
+            written += rows.count
+    return written
+
+
+def ingest_spans(session: Session, builder: ReportBuilder, checked: Iterator[CheckedSpan]) -> int:
+    """Merge spans checked elsewhere into ``builder`` and write their rows, in line order;
+    returns how many rows were written."""
+    written = 0
+    try:
+        with repository.example_writer(session) as write:
+            for span in checked:
+                builder.merge(span.tally)
+                write(span.rows)
+                written += span.rows.count
+    except BrokenProcessPool as exc:
+        raise ServiceUnavailable(
+            "A process checking the upload stopped (out of memory?); try again"
+        ) from exc
+    return written
+
+
+def _ingest_file(
+    session: Session,
+    dataset: FineTuningDataset,
+    builder: ReportBuilder,
+    check: SpanCheck,
+    fmt: DatasetFormat,
+    processes: int,
+) -> int:
+    """A large JSON Lines file on ``processes`` cores, anything else in this thread."""
+    large = fmt is DatasetFormat.JSONL and dataset.file_size_bytes >= PARALLEL_MIN_BYTES
+    with pool.exclusive() as pool_is_free:
+        if large and processes >= 2 and pool_is_free:
+            spans = jsonl_spans(check.path, SPAN_BYTES)
+            return ingest_spans(session, builder, pool.ordered_map(check, spans, processes))
+    examples = ((raw, None) for raw in read_examples(check.path, fmt))
+    return ingest_examples(session, dataset, examples, builder)
 
 
 def revalidate_rows(
@@ -188,7 +314,9 @@ def create_from_upload(
     try:
         form = DatasetUploadForm.from_fields(upload.fields)
         fmt = detect_format(upload.filename, upload.head)
-        builder = report_builder(form.model, settings)
+        model = find_base_model(form.model, settings)
+        price = training_price_per_million(model.name, settings)
+        builder = _new_builder(model, price)
         path = storage.promote(upload, f".{fmt.value}")
     except BaseException:
         upload.discard()
@@ -212,8 +340,9 @@ def create_from_upload(
         )
         session.add(dataset)
         session.flush()
-        examples = ((raw, None) for raw in read_examples(path, fmt))
-        if ingest_examples(session, dataset, examples, builder) == 0:
+        check = SpanCheck(path, model, price, RowTarget.of(session, dataset))
+        processes = settings.ingest_processes or pool.usable_cores()
+        if _ingest_file(session, dataset, builder, check, fmt, processes) == 0:
             raise InvalidInput(f"{upload.filename} holds no examples", field="file")
         apply_report(dataset, builder)
         session.flush()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
@@ -91,6 +91,15 @@ def detect_format(filename: str, head: bytes) -> DatasetFormat:
     return fmt
 
 
+@dataclass(frozen=True, slots=True)
+class LineSpan:
+    """Whole lines of a file: ``size`` bytes from ``start``, the first being ``first_line``."""
+
+    start: int
+    size: int
+    first_line: int
+
+
 def read_examples(path: Path, fmt: DatasetFormat) -> Iterator[RawExample]:
     if fmt is DatasetFormat.JSONL:
         return _read_jsonl(path)
@@ -99,29 +108,53 @@ def read_examples(path: Path, fmt: DatasetFormat) -> Iterator[RawExample]:
     raise ValueError(f"{fmt} is not a file format")
 
 
-def _read_jsonl(path: Path) -> Iterator[RawExample]:
-    loads = orjson.loads
+def jsonl_spans(path: Path, span_bytes: int) -> Iterator[LineSpan]:
+    """The file cut into spans of whole lines, about ``span_bytes`` each (a longer line is a
+    span of its own), so each can be read and checked apart and the lines still numbered as
+    ``read_examples`` numbers them."""
     with path.open("rb", buffering=_READ_BUFFER_BYTES) as file:
-        for line_number, line in enumerate(file, 1):
-            if line_number == 1:
-                line = line.removeprefix(_UTF8_BOM)
-            if not line or line.isspace():
-                continue
-            try:
-                value = loads(line)
-            except orjson.JSONDecodeError as exc:
-                text = _line_text(line)
-                code, message = _json_line_error(line, text, exc)
-                yield RawExample(line_number, None, text, message, code)
-                continue
-            if type(value) is dict:
-                yield RawExample(line_number, value, None, None)
-            else:
-                message = (
-                    'Each line must be a JSON object with a "messages" list, '
-                    f"not {_json_type(value)}"
-                )
-                yield RawExample(line_number, None, _line_text(line), message, "data_type")
+        start, first_line = 0, 1
+        while block := file.read(span_bytes):
+            if not block.endswith(b"\n"):
+                block += file.readline()
+            yield LineSpan(start, len(block), first_line)
+            start += len(block)
+            first_line += block.count(b"\n")
+
+
+def read_jsonl_span(path: Path, span: LineSpan) -> Iterator[RawExample]:
+    with path.open("rb") as file:
+        file.seek(span.start)
+        block = file.read(span.size)
+    return _parse_jsonl(io.BytesIO(block), span.first_line)
+
+
+def _read_jsonl(path: Path) -> Iterator[RawExample]:
+    with path.open("rb", buffering=_READ_BUFFER_BYTES) as file:
+        yield from _parse_jsonl(file, 1)
+
+
+def _parse_jsonl(lines: Iterable[bytes], first_line: int) -> Iterator[RawExample]:
+    loads = orjson.loads
+    for line_number, line in enumerate(lines, first_line):
+        if line_number == 1:
+            line = line.removeprefix(_UTF8_BOM)
+        if not line or line.isspace():
+            continue
+        try:
+            value = loads(line)
+        except orjson.JSONDecodeError as exc:
+            text = _line_text(line)
+            code, message = _json_line_error(line, text, exc)
+            yield RawExample(line_number, None, text, message, code)
+            continue
+        if type(value) is dict:
+            yield RawExample(line_number, value, None, None)
+        else:
+            message = (
+                f'Each line must be a JSON object with a "messages" list, not {_json_type(value)}'
+            )
+            yield RawExample(line_number, None, _line_text(line), message, "data_type")
 
 
 def _line_text(line: bytes) -> str:

@@ -19,6 +19,7 @@ from tuneforge.agents.schemas import Rating, TagList
 from tuneforge.bounds import UTCDatetime
 from tuneforge.db.tables.datasets import (
     DatasetFormat,
+    DatasetKind,
     DatasetStatus,
     ExampleSplit,
     FineTuningDataset,
@@ -93,6 +94,10 @@ class DatasetSummary(BaseModel):
     name: str
     description: str | None
     format: DatasetFormat
+    kind: DatasetKind = Field(
+        description="'chat' (OpenAI's chat format) or 'preference' (its DPO format), from "
+        "the examples' own shape."
+    )
     status: DatasetStatus
     original_filename: str | None
     file_size_bytes: int
@@ -218,8 +223,13 @@ class ExampleOut(BaseModel):
     id: str
     dataset_id: str
     line_number: int
-    messages: Any = Field(description="As uploaded; null when the line could not be read.")
+    messages: Any = Field(
+        description="As uploaded (a preference pair's input.messages); null when the line "
+        "could not be read."
+    )
     tools: Any
+    preferred_output: Any = Field(description="A preference pair's preferred reply; else null.")
+    non_preferred_output: Any = Field(description="A preference pair's other reply; else null.")
     raw_line: str | None = Field(description="The original text of an unreadable line.")
     is_valid: bool
     errors: list[dict[str, Any]] | None = Field(
@@ -242,7 +252,8 @@ class ExamplePage(BaseModel):
 
 
 class ExampleUpdate(BaseModel):
-    """Replace an example's messages and/or tools; fields not sent stay as they are."""
+    """Replace an example's messages, tools or (a preference pair's) replies; fields not sent
+    stay as they are."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -253,14 +264,24 @@ class ExampleUpdate(BaseModel):
         description="OpenAI chat messages; an assistant message may carry `weight` 0 or 1.",
     )
     tools: list[dict[str, Any]] | None = Field(default=None, description="null removes them.")
+    preferred_output: list[dict[str, Any]] | None = Field(
+        default=None, max_length=1, description="Preference pairs: the preferred reply."
+    )
+    non_preferred_output: list[dict[str, Any]] | None = Field(
+        default=None, max_length=1, description="Preference pairs: the other reply."
+    )
 
     @model_validator(mode="after")
     def something_to_change(self) -> ExampleUpdate:
         if not self.model_fields_set:
-            raise ValueError("send messages and/or tools")
-        if "messages" in self.model_fields_set and self.messages is None:
-            raise ValueError("messages may not be null")
+            raise ValueError("send messages, tools, preferred_output or non_preferred_output")
+        for name in ("messages", "preferred_output", "non_preferred_output"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} may not be null")
         return self
+
+
+LOW_RATING = 2  # ratings run 1 to 5; a preference import reads 1 and 2 unless told
 
 
 class ImportFilter(BaseModel):
@@ -280,7 +301,24 @@ class ImportFilter(BaseModel):
         description="Latest started_at, exclusive (also accepted as `to`).",
     )
     min_rating: Rating | None = None
+    max_rating: Rating | None = Field(
+        default=None,
+        description=f"Highest rating to read; preference imports default to {LOW_RATING}.",
+    )
     tags: TagList | None = Field(default=None, description="Conversations with any of them.")
+    kind: DatasetKind = Field(
+        default=DatasetKind.CHAT,
+        description="'chat' imports each conversation as a chat example; 'preference' turns "
+        "each corrected assistant reply of a low-rated conversation into a preference pair "
+        "(the correction preferred over the logged reply).",
+    )
+
+    @property
+    def rating_ceiling(self) -> int | None:
+        """The highest rating read: a preference import reads low ratings unless told."""
+        if self.max_rating is None and self.kind is DatasetKind.PREFERENCE:
+            return LOW_RATING
+        return self.max_rating
 
 
 class ImportRequest(ImportFilter):

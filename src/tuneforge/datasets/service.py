@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from tuneforge.config import Settings
 from tuneforge.datasets import repository
+from tuneforge.datasets.checks import PREFERENCE_OUTPUTS
 from tuneforge.datasets.ingest import (
     apply_report,
     content_values,
@@ -20,6 +21,7 @@ from tuneforge.datasets.ingest import (
     validation_model,
 )
 from tuneforge.datasets.parsing import RawExample
+from tuneforge.datasets.preference import stored_payload
 from tuneforge.datasets.schemas import (
     DatasetStatistics,
     DatasetUpdate,
@@ -29,6 +31,7 @@ from tuneforge.datasets.schemas import (
 from tuneforge.db.base import utcnow
 from tuneforge.db.tables.datasets import (
     DatasetFormat,
+    DatasetKind,
     DatasetStatus,
     ExampleSplit,
     FineTuningDataset,
@@ -187,9 +190,18 @@ def update_example(
     dataset = repository.get_dataset(session, organization_id, dataset_id, for_update=True)
     example = repository.get_example(session, organization_id, dataset.id, example_id)
     changes = request.model_dump(exclude_unset=True)
-    payload = {"messages": changes.get("messages", example.messages)}
-    if (tools := changes.get("tools", example.tools)) is not None:
-        payload["tools"] = tools
+    replies = [changes.get(name, getattr(example, name)) for name in PREFERENCE_OUTPUTS]
+    if dataset.kind is not DatasetKind.PREFERENCE:
+        if given := [name for name in PREFERENCE_OUTPUTS if name in changes]:
+            raise InvalidInput(
+                f"{given[0]}: dataset {dataset.id} holds chat examples, which have no replies "
+                "apart from their messages",
+                field=given[0],
+            )
+        replies = [None, None]
+    payload = stored_payload(
+        changes.get("messages", example.messages), changes.get("tools", example.tools), *replies
+    )
     raw = storable(RawExample(example.line_number, payload, None, None))
     builder = report_builder(validation_model(dataset, None), settings)
     result = builder.add(raw, example.split.value)

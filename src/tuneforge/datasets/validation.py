@@ -7,6 +7,7 @@ and counts its tokens, one example at a time, keeping only fixed-size numbers pe
 
 from __future__ import annotations
 
+import hashlib
 import string
 from array import array
 from dataclasses import dataclass
@@ -17,10 +18,17 @@ import numpy as np
 import orjson
 from pydantic import BaseModel
 
-from tuneforge.datasets.checks import Issue, make_issue, validate_chat_example
+from tuneforge.datasets.checks import (
+    Issue,
+    is_preference_example,
+    make_issue,
+    validate_chat_example,
+    validate_preference_example,
+)
 from tuneforge.datasets.parsing import RawExample
-from tuneforge.datasets.tokens import TokenCounter, count_chat_tokens
-from tuneforge.db.tables.datasets import ExampleSplit
+from tuneforge.datasets.preference import PreferenceTally, example_messages, example_tools
+from tuneforge.datasets.tokens import TokenCounter, count_chat_tokens, count_preference_tokens
+from tuneforge.db.tables.datasets import DatasetKind, ExampleSplit
 from tuneforge.providers.catalog import training_cost_usd
 from tuneforge.providers.chat_format import UnrepresentableMessage, calls_of
 from tuneforge.providers.contract import BaseModelInfo, default_epochs
@@ -104,6 +112,12 @@ class ValidationReport(BaseModel):
     total_billed_tokens: int
     price_per_million_tokens: float | None
     estimated_cost_usd: float | None
+    kind: DatasetKind = DatasetKind.CHAT
+    # Preference pairs only: their prompts and replies (tokens_per_example counts what
+    # training reads, the prompt once with each reply).
+    prompt_tokens_per_example: Distribution | None = None
+    preferred_tokens_per_example: Distribution | None = None
+    non_preferred_tokens_per_example: Distribution | None = None
 
 
 @dataclass(slots=True)
@@ -153,6 +167,7 @@ class ReportBuilder:
         self._in_validation = array("B")
         self._with_tools = 0
         self._with_tool_calls = 0
+        self._pairs = PreferenceTally()
 
     def add(self, raw: RawExample, split: str = "train") -> ExampleResult:
         in_validation = split == ExampleSplit.VALIDATION
@@ -161,9 +176,12 @@ class ReportBuilder:
         self._total += 1
         line = raw.line_number
         payload = raw.payload
+        pair = is_preference_example(payload)
         if payload is None:
             code = raw.error_code or "invalid_json"
             errors, warnings = [make_issue(code, raw.parse_error or "Unreadable line")], []
+        elif pair:
+            errors, warnings = validate_preference_example(payload)
         else:
             errors, warnings = validate_chat_example(payload)
         tokens = assistant = 0
@@ -174,43 +192,83 @@ class ReportBuilder:
             if b"\\u0000" in canonical and _contains_nul(payload):
                 errors.append(make_issue("invalid_content", "Example contains a NUL character"))
         if payload is not None and not errors:
-            errors += _unrepresentable(payload["messages"], self._model)
+            errors += _unrepresentable(example_messages(payload), self._model)
         if payload is not None and not errors:
-            messages = payload["messages"]
-            self._with_tools += bool(payload.get("tools"))
+            messages = example_messages(payload)
+            tools = example_tools(payload)
+            self._with_tools += bool(tools)
             self._with_tool_calls += any(
                 m.get("tool_calls") or m.get("function_call") for m in messages
             )
-            tokens, assistant = count_chat_tokens(self._counter, messages, payload.get("tools"))
+            pair_tokens = count_preference_tokens(self._counter, payload) if pair else None
+            if pair_tokens is not None:
+                tokens, longest = pair_tokens.total, pair_tokens.longest
+                assistant = pair_tokens.preferred + pair_tokens.non_preferred
+            else:
+                tokens, assistant = count_chat_tokens(self._counter, messages, tools)
+                longest = tokens
             context = self._model.context_length
-            if tokens > context:
+            if longest > context:
                 warnings.append(
                     make_issue(
                         "over_context_length",
-                        f"Example has {tokens} tokens, over {self._model.name}'s {context}; "
+                        f"Example has {longest} tokens, over {self._model.name}'s {context}; "
                         "it will be truncated",
                     )
                 )
                 self._over_context_count += 1
                 if len(self._over_context) < MAX_LIST_SAMPLES:
-                    self._over_context.append(LineTokens(line=line, tokens=tokens))
+                    self._over_context.append(LineTokens(line=line, tokens=longest))
             if not in_validation:
                 self._train += 1
-                self._billed_per_epoch += min(tokens, context)
+                # A pair bills both of its sequences, each up to the context.
+                self._billed_per_epoch += min(tokens, context * (2 if pair else 1))
+            self._pairs.add(pair_tokens)
             self._lines.append(line)
-            self._message_counts.append(len(messages))
+            self._message_counts.append(len(payload["input"]["messages"] if pair else messages))
             self._tokens.append(tokens)
             self._assistant_tokens.append(assistant)
-            # hash() of bytes is a 64-bit SipHash, ~5x faster than blake2b; values only
-            # meet others from the same builder, so its per-process seed does not matter.
-            self._exact_hashes.append(hash(canonical))
-            self._near_hashes.append(hash(_normalised_text(messages)))
+            self._exact_hashes.append(_hash64(canonical))
+            self._near_hashes.append(_hash64(_normalised_text(messages)))
             self._in_validation.append(in_validation)
         if errors:
             _record(errors, line, self._errors, self._error_counts, self._max_error_samples)
         if warnings:
             _record(warnings, line, self._warnings, self._warning_counts, MAX_WARNING_SAMPLES)
         return ExampleResult(line, errors, warnings, tokens, assistant)
+
+    def merge(self, later: ReportBuilder) -> None:
+        """Take in the tallies of a builder that saw the examples right after this one's (a
+        chunk checked in another process); the report is then the one a single builder over
+        all of them would make: same samples, counts, order and duplicates."""
+        self._total += later._total
+        self._train += later._train
+        self._billed_per_epoch += later._billed_per_epoch
+        self._errors += later._errors[: self._max_error_samples - len(self._errors)]
+        self._warnings += later._warnings[: MAX_WARNING_SAMPLES - len(self._warnings)]
+        for counts, more in (
+            (self._error_counts, later._error_counts),
+            (self._warning_counts, later._warning_counts),
+        ):
+            for code, count in more.items():
+                counts[code] = counts.get(code, 0) + count
+        self._over_context_count += later._over_context_count
+        self._over_context += later._over_context[: MAX_LIST_SAMPLES - len(self._over_context)]
+        self._lines += later._lines
+        self._message_counts += later._message_counts
+        self._tokens += later._tokens
+        self._assistant_tokens += later._assistant_tokens
+        self._exact_hashes += later._exact_hashes
+        self._near_hashes += later._near_hashes
+        self._in_validation += later._in_validation
+        self._with_tools += later._with_tools
+        self._with_tool_calls += later._with_tool_calls
+        self._pairs.merge(later._pairs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for ``merge`` (from a worker process) without the token counter, which
+        holds a native tokenizer and is only needed to ``add``."""
+        return {**self.__dict__, "_counter": None}
 
     def finish(self) -> ValidationReport:
         valid = len(self._lines)
@@ -224,19 +282,25 @@ class ReportBuilder:
             for position, first in _repeats(_numpy(self._near_hashes)).items()
             if position not in exact
         }
+        errors, error_counts = list(self._errors), dict(self._error_counts)
+        kind = self._pairs.verdict(lines, self._max_error_samples - len(errors))
+        for line, issue in kind.strays:
+            errors.append({"line": line, **issue})
+        if kind.stray_count:
+            error_counts["mixed_kinds"] = kind.stray_count
         return ValidationReport(
             model=self._model.name,
             tokenizer=self._counter.name,
             context_length=self._model.context_length,
-            is_valid=not self._error_counts and valid > 0,
+            is_valid=not error_counts and valid > 0,
             total_examples=self._total,
             valid_examples=valid,
             invalid_examples=self._total - valid,
             train_examples=self._train,
             validation_examples=valid - self._train,
             total_tokens=int(_numpy(self._tokens).sum()),
-            errors=[IssueSample(**sample) for sample in self._errors],
-            error_counts=dict(self._error_counts),
+            errors=[IssueSample(**sample) for sample in sorted(errors, key=_by_line)],
+            error_counts=error_counts,
             warnings=[IssueSample(**sample) for sample in self._warnings],
             warning_counts=dict(self._warning_counts),
             messages_per_example=_distribution(self._message_counts),
@@ -257,6 +321,10 @@ class ReportBuilder:
             total_billed_tokens=billed_total,
             price_per_million_tokens=self._price,
             estimated_cost_usd=cost,
+            kind=kind.kind,
+            prompt_tokens_per_example=_distribution(self._pairs.prompt_tokens),
+            preferred_tokens_per_example=_distribution(self._pairs.preferred_tokens),
+            non_preferred_tokens_per_example=_distribution(self._pairs.non_preferred_tokens),
         )
 
     def _overlap(self) -> int:
@@ -266,6 +334,10 @@ class ReportBuilder:
             return 0
         near = _numpy(self._near_hashes)
         return int(np.isin(near[in_validation], near[~in_validation]).sum())
+
+
+def _by_line(sample: dict[str, Any]) -> int:
+    return sample["line"]
 
 
 def _unrepresentable(messages: list[dict[str, Any]], model: BaseModelInfo) -> list[Issue]:
@@ -312,6 +384,12 @@ def _contains_nul(value: Any) -> bool:
     if isinstance(value, dict):
         return any(_contains_nul(key) or _contains_nul(item) for key, item in value.items())
     return isinstance(value, list) and any(map(_contains_nul, value))
+
+
+def _hash64(data: bytes) -> int:
+    """A 64-bit digest that is the same in every process (``hash()`` is seeded per process),
+    so duplicates are found across chunks checked by different workers."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
 
 
 def _normalised_text(messages: list[dict[str, Any]]) -> bytes:

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import orjson
-import psycopg
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
@@ -56,10 +55,13 @@ def _discard_if_closed_by_server(dbapi_connection: Any, _record: Any, _proxy: An
     An idle connection has nothing to read unless the server ended it (a restart, a
     terminated backend): then its socket is readable, and the pool connects afresh.
     """
+    # Imported here: only PostgreSQL engines listen, and SQLite servers start without it.
+    from psycopg import Error as PsycopgError
+
     try:
         poller = select.poll()
         poller.register(dbapi_connection.fileno(), select.POLLIN)
-    except psycopg.Error as exc:
+    except PsycopgError as exc:
         raise DisconnectionError("The PostgreSQL connection is closed") from exc
     if poller.poll(0):
         raise DisconnectionError("PostgreSQL closed the connection")

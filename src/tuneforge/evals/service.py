@@ -40,8 +40,11 @@ GRADERS = TypeAdapter(list[Grader])
 
 def prompt_and_expected(example: TrainingExample) -> tuple[list[dict[str, Any]], str]:
     """The conversation up to its last assistant turn, and that turn as the model would
-    write it (its text, and its tool calls in the trained format)."""
+    write it (its text, and its tool calls in the trained format). A preference pair's
+    prompt is all of its messages, and its preferred reply is the one expected."""
     messages = list(example.messages or [])
+    if example.preferred_output:
+        return messages, assistant_text(example.preferred_output[0])
     for index in range(len(messages) - 1, -1, -1):
         if messages[index].get("role") == "assistant":
             return messages[:index], assistant_text(messages[index])

@@ -113,10 +113,13 @@ def record_failure(runtime: InferenceRuntime, call: Call) -> None:
 
 
 def metered(runtime: InferenceRuntime, call: Call, work: Callable[[], T]) -> T:
-    """Run a whole generation in one of the organization's slots; a failure is metered."""
+    """Run a whole generation in one of the organization's slots; a failure is metered, a
+    refusal for a full queue is not (the model never ran)."""
     release = runtime.slots.take(call.organization_id)
     try:
         return work()
+    except TooManyRequests:
+        raise
     except Exception:
         record_failure(runtime, call)
         raise
@@ -132,6 +135,9 @@ def metered_stream(
     release = runtime.slots.take(call.organization_id)
     try:
         return start(), release
+    except TooManyRequests:
+        release()
+        raise
     except Exception:
         release()
         record_failure(runtime, call)

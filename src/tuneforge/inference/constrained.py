@@ -7,7 +7,8 @@ masks every token the grammar would reject. The grammars are llguidance Lark gra
 cost (under 1% of tokens/s), is in docs/decisions.md. JSON is written the way
 ``json.dumps`` writes it (``", "`` and ``": "``, no other whitespace): the tool-call
 format models are trained on here is ``json.dumps`` output, and a model cannot pad a
-reply with endless whitespace.
+reply with endless whitespace. llguidance and torch are imported where used: the API
+process starts without them.
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ import json
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import Any, NewType
-
-import numpy as np
-import torch
-from llguidance import LLMatcher, LLTokenizer
-from llguidance.hf import from_tokenizer
-from transformers import LogitsProcessor, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any, NewType
 
 from tuneforge.providers.chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+
+if TYPE_CHECKING:
+    import torch
+    from llguidance import LLTokenizer
+    from transformers import PreTrainedTokenizerBase
 
 Grammar = NewType("Grammar", str)
 """A compiled, validated llguidance grammar; build one with the functions below."""
@@ -54,6 +54,8 @@ def _literal(text: str) -> str:
 
 def _compile(lark: str, what: str) -> Grammar:
     """Validate now, so a bad schema is the request's 400 rather than a failed generation."""
+    from llguidance import LLMatcher
+
     grammar = LLMatcher.grammar_from_lark(lark)
     error = LLMatcher.validate_grammar(grammar)
     if error:
@@ -128,6 +130,8 @@ def tokenizer_info(tokenizer: PreTrainedTokenizerBase) -> LLTokenizer:
 
     Weak keys: the entry goes when its model (and tokenizer) leaves the engine's cache.
     """
+    from llguidance.hf import from_tokenizer
+
     with _tokenizers_lock:
         info = _tokenizers.get(tokenizer)
         if info is None:
@@ -135,14 +139,15 @@ def tokenizer_info(tokenizer: PreTrainedTokenizerBase) -> LLTokenizer:
         return info
 
 
-class ConstrainedDecoding(LogitsProcessor):
+class ConstrainedDecoding:
     """Masks, at each step of one sequence's generation, every token the grammar rejects.
 
     It reads the tokens generated since the last step from ``input_ids`` past
     ``prompt_length`` and feeds them to the grammar. Once the grammar is complete only
     ``eos_ids`` remain; while it may end, they are allowed beside what may continue. Put it
     before temperature, top-p and the sampler, so they only see allowed tokens. One instance
-    per generation.
+    per generation. A plain callable with transformers' ``LogitsProcessor`` signature, so
+    ``generate()`` takes it too, without importing transformers here.
     """
 
     def __init__(
@@ -153,6 +158,9 @@ class ConstrainedDecoding(LogitsProcessor):
         prompt_length: int,
         eos_ids: Sequence[int],
     ) -> None:
+        import torch
+        from llguidance import LLMatcher
+
         if not eos_ids:
             raise ValueError("eos_ids: a constrained reply needs a token to end on")
         self._matcher = LLMatcher(tokenizer_info(tokenizer), grammar, log_level=0)
@@ -162,6 +170,9 @@ class ConstrainedDecoding(LogitsProcessor):
         self._eos_ids = torch.tensor(list(eos_ids))
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        import numpy as np
+        import torch
+
         if input_ids.shape[0] != 1:
             raise ValueError("constrained decoding runs one sequence at a time")
         new_tokens = input_ids[0, self._next :].tolist()

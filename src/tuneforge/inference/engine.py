@@ -1,45 +1,48 @@
-"""Serving local models: load a base model plus LoRA adapter once, then generate chat replies.
+"""Serving local models: one copy of each base model, fine-tunes as adapters on it, and one
+batching thread per base.
 
-Loaded models stay in an LRU cache bounded by an estimate of their weight memory, because
-loading costs seconds and every chat request would otherwise pay it. Each cached model has
-one lock: a model object (and its Rust tokenizer) is not safe to drive from two threads,
-and on one CPU or GPU running two generations at once buys no throughput anyway.
+Base models stay in an LRU cache bounded by an estimate of their weight memory (a load
+costs seconds). Each carries its fine-tunes as LoRA adapters, in an LRU of their own
+(``adapters.py``), and a scheduler thread that decodes all its requests, of the base and
+of every adapter, in one batch (``batching.py``). A request's thread loads what is missing,
+renders and checks the prompt, queues it, then waits for the reply or reads its stream.
+torch and transformers are imported at the first load, not with this module.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from peft import PeftModel
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    TextIteratorStreamer,
-)
-
+from tuneforge.config import Settings
+from tuneforge.inference.adapters import AdapterBank, AdapterCache, LoraAdapter, read_adapter
+from tuneforge.inference.batching import BatchLimits, BatchRunner
+from tuneforge.inference.decoding import GenerationRequest
 from tuneforge.inference.generation import (
     ChatMessages,
     Completion,
     CompletionStream,
     SamplingParams,
     Tools,
-    generate_greedy_batch,
-    generate_reply,
+    check_prompt_characters,
+    end_token_ids,
+    prompt_ids,
+    room_for_reply,
 )
 from tuneforge.providers.contract import ModelUnavailable
 from tuneforge.store.base_models import MODEL_LOAD_LOCK
 
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 logger = logging.getLogger(__name__)
+LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -52,23 +55,35 @@ class ModelSource:
 
     @property
     def cache_key(self) -> str:
-        adapter = str(self.adapter_path.resolve()) if self.adapter_path else ""
-        return f"{self.base_path.resolve()}::{adapter}"
+        """The base model's key: fine-tunes of one base share its entry."""
+        return str(self.base_path.resolve())
 
 
-@dataclass
-class LoadedModel:
+@dataclass(frozen=True)
+class LoadedBase:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     size_bytes: int
-    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(eq=False)
+class ServedBase:
+    """A base model in memory, its attached adapters and the thread batching its requests."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    size_bytes: int
+    adapters: AdapterCache
+    runner: BatchRunner
 
 
 def inference_device() -> torch.device:
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _check_files(source: ModelSource) -> None:
+def _check_base_files(source: ModelSource) -> None:
     base = source.base_path
     if not (base / "config.json").is_file() or not (
         any(base.glob("*.safetensors")) or (base / "pytorch_model.bin").is_file()
@@ -76,22 +91,22 @@ def _check_files(source: ModelSource) -> None:
         raise ModelUnavailable(
             f"Model {source.label}: base model files are missing or incomplete in {base}"
         )
-    adapter = source.adapter_path
-    if adapter is not None and not (adapter / "adapter_config.json").is_file():
-        raise ModelUnavailable(f"Model {source.label}: LoRA adapter files are missing in {adapter}")
 
 
-def _tokenizer_dir(source: ModelSource) -> Path:
-    """The adapter's own tokenizer when training saved one (it may carry a new template)."""
-    adapter = source.adapter_path
-    if adapter is not None and (adapter / "tokenizer_config.json").is_file():
-        return adapter
-    return source.base_path
+def _load_tokenizer(path: Path, label: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not tokenizer.chat_template:
+        raise ModelUnavailable(f"Model {label} has no chat template in its tokenizer")
+    return tokenizer
 
 
-def load_model(source: ModelSource) -> LoadedModel:
-    """Read weights from disk and merge the adapter into them, so generation pays no LoRA cost."""
-    _check_files(source)
+def load_base(source: ModelSource) -> LoadedBase:
+    """Read a base model's weights and tokenizer from disk, for inference."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     device = inference_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
@@ -99,33 +114,42 @@ def load_model(source: ModelSource) -> LoadedModel:
             model: Any = AutoModelForCausalLM.from_pretrained(
                 source.base_path, dtype=dtype, local_files_only=True
             )
-            if source.adapter_path is not None:
-                model = PeftModel.from_pretrained(model, source.adapter_path).merge_and_unload()
-        tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(source), local_files_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        tokenizer = _load_tokenizer(source.base_path, source.label)
+    except LOAD_ERRORS as exc:
         raise ModelUnavailable(f"Model {source.label} could not be loaded: {exc}") from exc
-    if not tokenizer.chat_template:
-        raise ModelUnavailable(f"Model {source.label} has no chat template in its tokenizer")
     model.to(device).eval()
-    tensors = itertools.chain(model.parameters(), model.buffers())
+    tensors = [*model.parameters(), *model.buffers()]
     size = sum(t.numel() * t.element_size() for t in tensors)
-    return LoadedModel(model=model, tokenizer=tokenizer, size_bytes=size)
+    return LoadedBase(model=model, tokenizer=tokenizer, size_bytes=size)
+
+
+def _adapter_reader(model: PreTrainedModel) -> Callable[[Path], LoraAdapter]:
+    """Reads an adapter for ``model``, with its own tokenizer when training saved one (it may
+    carry a new chat template); a tokenizer with more tokens than the base cannot share it."""
+
+    def read(path: Path) -> LoraAdapter:
+        tokenizer = None
+        if (path / "tokenizer_config.json").is_file():
+            tokenizer = _load_tokenizer(path, str(path))
+            if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+                raise ModelUnavailable(f"Adapter {path} adds tokens its base model does not have")
+        return read_adapter(path, model, tokenizer)
+
+    return read
 
 
 class ModelCache:
-    """Loaded models, least recently used first, evicted when their total exceeds the budget.
+    """Base models, least recently used first, evicted when their total exceeds the budget.
 
-    A model bigger than the whole budget is still served, alone. Each model key has its own
-    load lock so one model loads once however many requests want it, while other models
-    keep serving; those locks are kept for the life of the cache (one per distinct model).
+    A model bigger than the whole budget is still served, alone. Each base has its own load
+    lock so one model loads once however many requests want it, while other models keep
+    serving; those locks are kept for the life of the cache (one per distinct model).
     """
 
-    def __init__(
-        self, budget_bytes: int, loader: Callable[[ModelSource], LoadedModel] = load_model
-    ) -> None:
+    def __init__(self, budget_bytes: int, loader: Callable[[ModelSource], ServedBase]) -> None:
         self.budget_bytes = budget_bytes
         self._loader = loader
-        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._models: OrderedDict[str, ServedBase] = OrderedDict()
         self._load_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
@@ -134,7 +158,7 @@ class ModelCache:
         with self._lock:
             return list(self._models)
 
-    def get(self, source: ModelSource) -> LoadedModel:
+    def get(self, source: ModelSource) -> ServedBase:
         key = source.cache_key
         with self._lock:
             if (entry := self._lookup(key)) is not None:
@@ -151,7 +175,7 @@ class ModelCache:
                 self._evict_over_budget(keep=key)
             return entry
 
-    def _lookup(self, key: str) -> LoadedModel | None:
+    def _lookup(self, key: str) -> ServedBase | None:
         entry = self._models.get(key)
         if entry is not None:
             self._models.move_to_end(key)
@@ -163,8 +187,10 @@ class ModelCache:
             if total <= self.budget_bytes:
                 return
             if key != keep:
-                # A generation still holding the model finishes; memory goes when it lets go.
-                total -= self._models.pop(key).size_bytes
+                # Queued and running requests finish; memory goes when the thread lets go.
+                entry = self._models.pop(key)
+                entry.runner.close()
+                total -= entry.size_bytes
                 logger.info("Evicted model %s from the inference cache", key)
 
 
@@ -172,9 +198,31 @@ class InferenceEngine:
     """Chat generation for local models, shared by every request of one app."""
 
     def __init__(
-        self, cache_bytes: int, *, loader: Callable[[ModelSource], LoadedModel] = load_model
+        self,
+        cache_bytes: int,
+        *,
+        adapter_cache_bytes: int = 1024**3,
+        limits: BatchLimits | None = None,
+        loader: Callable[[ModelSource], LoadedBase] = load_base,
     ) -> None:
-        self.cache = ModelCache(cache_bytes, loader)
+        self.adapter_cache_bytes = adapter_cache_bytes
+        self.limits = limits or BatchLimits()
+        self._load = loader
+        self.cache = ModelCache(cache_bytes, self._serve)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InferenceEngine:
+        limits = BatchLimits(
+            max_rows=settings.inference_max_batch_size,
+            queue_limit=settings.inference_queue_limit,
+            window_seconds=settings.inference_batch_window_ms / 1000,
+            token_limit=settings.inference_batch_token_limit,
+        )
+        return cls(
+            settings.inference_cache_bytes,
+            adapter_cache_bytes=settings.inference_adapter_cache_bytes,
+            limits=limits,
+        )
 
     def complete(
         self,
@@ -183,16 +231,8 @@ class InferenceEngine:
         params: SamplingParams,
         tools: Tools = None,
     ) -> Completion:
-        entry = self.cache.get(source)
-        with entry.lock:
-            return generate_reply(
-                entry.model,
-                entry.tokenizer,
-                messages,
-                params,
-                cancel=threading.Event(),
-                tools=tools,
-            )
+        (request,) = self._submit(source, [(messages, tools)], params)
+        return request.outcome.result()
 
     def complete_greedy_batch(
         self,
@@ -201,12 +241,13 @@ class InferenceEngine:
         max_tokens: int,
         tools: Sequence[Tools] | None = None,
     ) -> list[Completion]:
-        """Greedy replies to several conversations in one forward batch (evaluations)."""
-        entry = self.cache.get(source)
-        with entry.lock:
-            return generate_greedy_batch(
-                entry.model, entry.tokenizer, conversations, max_tokens, tools
-            )
+        """Greedy replies to several conversations (evaluations): queued together, past the
+        queue limit, which protects interactive callers from each other, not from the worker."""
+        tool_lists = tools or [None] * len(conversations)
+        params = SamplingParams(max_tokens=max_tokens, temperature=0)
+        items = list(zip(conversations, tool_lists, strict=True))
+        requests = self._submit(source, items, params, bounded=False)
+        return [request.outcome.result() for request in requests]
 
     def stream(
         self,
@@ -215,20 +256,95 @@ class InferenceEngine:
         params: SamplingParams,
         tools: Tools = None,
     ) -> CompletionStream:
-        """Start generating in a thread; loading errors raise here, before any text."""
-        entry = self.cache.get(source)
-        streamer = TextIteratorStreamer(entry.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        """Queue a streamed generation; loading errors and a full queue raise here, before
+        any text."""
+        (request,) = self._submit(source, [(messages, tools)], params, streaming=True)
+        assert request.streamer is not None
+        return CompletionStream(request.streamer, params.stop, request.cancel, request.outcome)
 
-        def run(cancel: threading.Event) -> Completion:
-            with entry.lock:
-                return generate_reply(
-                    entry.model,
-                    entry.tokenizer,
-                    messages,
-                    params,
-                    cancel=cancel,
-                    streamer=streamer,
-                    tools=tools,
-                )
+    def _serve(self, source: ModelSource) -> ServedBase:
+        _check_base_files(source)
+        loaded = self._load(source)
+        bank = AdapterBank(loaded.model)
+        return ServedBase(
+            model=loaded.model,
+            tokenizer=loaded.tokenizer,
+            size_bytes=loaded.size_bytes,
+            adapters=AdapterCache(bank, self.adapter_cache_bytes, _adapter_reader(loaded.model)),
+            runner=BatchRunner(loaded.model, bank, self.limits),
+        )
 
-        return CompletionStream(streamer, params.stop).start(run)
+    def _submit(
+        self,
+        source: ModelSource,
+        items: Sequence[tuple[ChatMessages, Tools]],
+        params: SamplingParams,
+        *,
+        streaming: bool = False,
+        bounded: bool = True,
+    ) -> list[GenerationRequest]:
+        base = self.cache.get(source)
+        requests: list[GenerationRequest] = []
+        releases: list[Callable[[], None]] = []
+        try:
+            for messages, tools in items:
+                adapter = None
+                if source.adapter_path is not None:
+                    adapter, release = self._attach(base, source.label, source.adapter_path)
+                    releases.append(release)
+                requests.append(self._request(base, adapter, messages, params, tools, streaming))
+            base.runner.submit(requests, bounded=bounded)
+        except BaseException:
+            for release in releases:
+                release()
+            raise
+        for request, release in zip(requests, releases, strict=False):
+            request.outcome.add_done_callback(lambda _, release=release: release())
+        return requests
+
+    def _attach(
+        self, base: ServedBase, label: str, path: Path
+    ) -> tuple[LoraAdapter, Callable[[], None]]:
+        if not (path / "adapter_config.json").is_file():
+            raise ModelUnavailable(f"Model {label}: LoRA adapter files are missing in {path}")
+        try:
+            return base.adapters.acquire(path)
+        except LOAD_ERRORS as exc:
+            raise ModelUnavailable(f"Model {label} could not be loaded: {exc}") from exc
+
+    def _request(
+        self,
+        base: ServedBase,
+        adapter: LoraAdapter | None,
+        messages: ChatMessages,
+        params: SamplingParams,
+        tools: Tools,
+        streaming: bool,
+    ) -> GenerationRequest:
+        """Render and check one prompt in the caller's thread; the batch only decodes."""
+        model = base.model
+        tokenizer = adapter.tokenizer if adapter and adapter.tokenizer else base.tokenizer
+        check_prompt_characters(model, messages, tools)
+        ids = prompt_ids(tokenizer, messages, tools)
+        eos_ids = end_token_ids(model, tokenizer)
+        constraint = streamer = None
+        if params.grammar is not None:
+            from tuneforge.inference.constrained import ConstrainedDecoding
+
+            constraint = ConstrainedDecoding(
+                tokenizer, params.grammar, prompt_length=0, eos_ids=eos_ids
+            )
+        if streaming:
+            from transformers import TextIteratorStreamer
+
+            streamer = TextIteratorStreamer(tokenizer, skip_special_tokens=True)
+        return GenerationRequest(
+            prompt_ids=ids,
+            max_tokens=room_for_reply(model, len(ids), params.max_tokens),
+            params=params,
+            tokenizer=tokenizer,
+            eos_ids=frozenset(eos_ids),
+            adapter=adapter.key if adapter else None,
+            constraint=constraint,
+            streamer=streamer,
+        )

@@ -47,6 +47,8 @@ class JobView(NamedTuple):
     status: JobStatus
     provider: str
     base_model: str
+    method: str
+    parent_model: str | None
     dataset_id: str
     validation_dataset_id: str | None
     hyperparameters: dict[str, Any] | None
@@ -128,7 +130,10 @@ def _job_listing(
     Built once per shape: building costs more CPU than running from the compiled cache.
     The count rides on the page as an uncorrelated subquery, which the database runs once.
     LIMIT and OFFSET are rendered as literals: as parameters, PostgreSQL's generic plan has
-    to assume a tenth of the table, so it planned the page afresh on every call.
+    to assume a tenth of the table, so it planned the page afresh on every call. The page's
+    ids are picked first and only they are joined to their dataset and model: joined before
+    the limit, the planner expected every matching job and scanned all of the organization's
+    models for each row.
     """
     stmt = org_scoped(FineTuningJob, bindparam("organization_id"))
     if statuses:
@@ -140,12 +145,18 @@ def _job_listing(
     for n, key in enumerate(metadata_keys):
         value = bindparam(f"metadata_value_{n}")
         stmt = stmt.where(FineTuningJob.job_metadata[key].as_string() == value)
-    page = (
-        _view_of(stmt)
-        .add_columns(_count_of(stmt).scalar_subquery())
-        .order_by(FineTuningJob.created_at.desc(), FineTuningJob.id.desc())
+    newest_first = (FineTuningJob.created_at.desc(), FineTuningJob.id.desc())
+    page_ids = (
+        stmt.with_only_columns(FineTuningJob.id)
+        .order_by(*newest_first)
         .limit(bindparam("limit", type_=Integer, literal_execute=True))
         .offset(bindparam("offset", type_=Integer, literal_execute=True))
+        .subquery()
+    )
+    page = (
+        _view_of(select(FineTuningJob).join(page_ids, page_ids.c.id == FineTuningJob.id))
+        .add_columns(_count_of(stmt).scalar_subquery())
+        .order_by(*newest_first)
     )
     return page, _count_of(stmt)
 
@@ -201,6 +212,18 @@ def datasets_by_id(
     return {dataset.id: dataset for dataset in session.scalars(_DATASETS_BY_ID, params)}
 
 
+def find_fine_tuned_model(
+    session: Session, organization_id: str, reference: str
+) -> FineTunedModel | None:
+    """The organization's fine-tuned model with this id or name (the oldest, if names repeat)."""
+    stmt = (
+        org_scoped(FineTunedModel, organization_id)
+        .where((FineTunedModel.id == reference) | (FineTunedModel.name == reference))
+        .order_by(FineTunedModel.created_at, FineTunedModel.id)
+    )
+    return session.scalars(stmt.limit(1)).first()
+
+
 def model_ids_by_job(
     session: Session, organization_id: str, job_ids: Sequence[str]
 ) -> dict[str, str]:
@@ -253,6 +276,16 @@ def list_metrics(
     stmt = stmt.order_by(JobMetric.step, JobMetric.name, JobMetric.id).limit(limit + 1)
     rows = list(session.scalars(stmt))
     return rows[:limit], len(rows) > limit
+
+
+def all_metrics(session: Session, job_id: str, names: Sequence[str]) -> list[JobMetric]:
+    """Every point of the named metrics, by step."""
+    stmt = (
+        select(JobMetric)
+        .where(JobMetric.job_id == job_id, JobMetric.name.in_(names))
+        .order_by(JobMetric.step, JobMetric.id)
+    )
+    return list(session.scalars(stmt))
 
 
 def metrics_after(session: Session, job_id: str, after_id: int, *, limit: int) -> list[JobMetric]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from tuneforge.agents.schemas import ProviderName
 from tuneforge.db.tables.jobs import (
@@ -15,9 +15,13 @@ from tuneforge.db.tables.jobs import (
     JobStatus,
 )
 from tuneforge.providers.contract import (
+    DPO,
+    SUPERVISED,
     EpochCount,
+    RequestedDpoHyperparameters,
     RequestedHyperparameters,
     ResolvedHyperparameters,
+    TrainingMethod,
 )
 
 if TYPE_CHECKING:
@@ -44,11 +48,52 @@ ObjectId = Annotated[str, StringConstraints(min_length=1, max_length=32)]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
+class SupervisedSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: RequestedHyperparameters = Field(default_factory=RequestedHyperparameters)
+
+
+class DpoSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: RequestedDpoHyperparameters = Field(
+        default_factory=RequestedDpoHyperparameters,
+        description="n_epochs, batch_size, learning_rate_multiplier and beta, each a number "
+        'or "auto"; the local provider also takes its LoRA knobs here.',
+    )
+
+
+class Method(BaseModel):
+    """OpenAI's ``method``: ``{type, supervised | dpo: {hyperparameters}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: TrainingMethod = Field(
+        description="'supervised' trains on chat examples, 'dpo' on preference pairs."
+    )
+    supervised: SupervisedSettings | None = None
+    dpo: DpoSettings | None = None
+
+    @model_validator(mode="after")
+    def settings_of_its_type(self) -> Method:
+        other = DPO if self.type == SUPERVISED else SUPERVISED
+        if getattr(self, other) is not None:
+            raise ValueError(f"{other} settings given for a {self.type} method")
+        return self
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset_id: ObjectId = Field(description="A dataset whose validation passed.")
-    model: ModelName = Field(description="A base model from the catalog.")
+    dataset_id: ObjectId = Field(
+        description="A dataset whose validation passed: chat examples, or preference pairs "
+        "for method dpo."
+    )
+    model: ModelName = Field(
+        description="A base model from the catalog, or one of the organization's fine-tuned "
+        "models (its id or name) to train on top of; a DPO job's reference is then that model."
+    )
     provider: ProviderName | None = Field(
         default=None,
         description="Defaults to the base model's provider in the catalog.",
@@ -59,6 +104,11 @@ class JobCreate(BaseModel):
         "the local provider also takes lora_r, lora_alpha, lora_dropout, target_modules, "
         "max_seq_length, warmup_ratio, eval_every_steps, checkpoint_every_steps, "
         "micro_batch_tokens and num_processes.",
+    )
+    method: Method | None = Field(
+        default=None,
+        description="Supervised (the default) or DPO, with the method's hyperparameters; "
+        "give hyperparameters here or at the top level, not both.",
     )
     validation_dataset_id: ObjectId | None = Field(
         default=None,
@@ -76,6 +126,25 @@ class JobError(BaseModel):
     message: str
 
 
+class MethodSettingsOut(BaseModel):
+    hyperparameters: ResolvedHyperparameters
+
+
+class MethodOut(BaseModel):
+    """The job's method as OpenAI shows it, with the hyperparameters training uses."""
+
+    type: TrainingMethod
+    supervised: MethodSettingsOut | None = None
+    dpo: MethodSettingsOut | None = None
+
+    @classmethod
+    def of(cls, method: str, resolved: ResolvedHyperparameters) -> MethodOut:
+        settings = MethodSettingsOut(hyperparameters=resolved)
+        if method == DPO:
+            return cls(type="dpo", dpo=settings)
+        return cls(type="supervised", supervised=settings)
+
+
 class JobOut(BaseModel):
     """A job as the API shows it: its row plus the display-resolved hyperparameters."""
 
@@ -84,6 +153,10 @@ class JobOut(BaseModel):
     status: JobStatus
     provider: str
     model: str = Field(description="The base model.")
+    parent_model: str | None = Field(
+        description="The fine-tuned model the job trains on top of; null for the base model."
+    )
+    method: MethodOut
     dataset_id: str
     validation_dataset_id: str | None
     hyperparameters: ResolvedHyperparameters = Field(
@@ -121,6 +194,8 @@ class JobOut(BaseModel):
             status=job.status,
             provider=job.provider,
             model=job.base_model,
+            parent_model=job.parent_model,
+            method=MethodOut.of(job.method, resolved),
             dataset_id=job.dataset_id,
             validation_dataset_id=job.validation_dataset_id,
             hyperparameters=resolved,
@@ -221,7 +296,8 @@ class EstimateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: ObjectId
-    model: ModelName
+    model: ModelName = Field(description="A base model, or a fine-tuned model to start from.")
+    method: Method | None = None
     hyperparameters: RequestedHyperparameters = Field(
         default_factory=RequestedHyperparameters,
         description="n_epochs, batch_size and learning_rate_multiplier for every provider; "

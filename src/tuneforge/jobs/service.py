@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from tuneforge.config import Settings
@@ -19,7 +20,7 @@ from tuneforge.datasets.validation import ValidationReport
 from tuneforge.db.base import utcnow
 from tuneforge.db.scoping import get_owned
 from tuneforge.db.tables.auth import Organization
-from tuneforge.db.tables.datasets import FineTuningDataset
+from tuneforge.db.tables.datasets import DatasetKind, FineTuningDataset
 from tuneforge.db.tables.jobs import (
     FineTuningEvent,
     FineTuningJob,
@@ -27,6 +28,7 @@ from tuneforge.db.tables.jobs import (
     JobMetric,
     JobStatus,
 )
+from tuneforge.db.tables.models import FineTunedModel
 from tuneforge.errors import Conflict, InvalidInput, NotFound
 from tuneforge.jobs import repository
 from tuneforge.jobs.repository import JobFilter
@@ -43,8 +45,11 @@ from tuneforge.providers.catalog import (
     training_price_per_million,
 )
 from tuneforge.providers.contract import (
+    DPO,
+    SUPERVISED,
     DatasetFigures,
     FineTuningProvider,
+    RequestedDpoHyperparameters,
     ResolvedHyperparameters,
     fine_tuned_model_name,
     name_part,
@@ -65,7 +70,9 @@ def create_job(
     request: JobCreate,
 ) -> FineTuningJob:
     """Check everything a worker would trip over later, then queue the job."""
+    method, requested = requested_training(request)
     dataset = require_valid_dataset(session, organization_id, request.dataset_id)
+    _require_kind(dataset, method, "dataset_id")
     if dataset.train_examples == 0:
         raise InvalidInput(
             f"dataset_id: dataset {dataset.name!r} ({dataset.id}) has no training examples; "
@@ -74,12 +81,15 @@ def create_job(
         )
     if request.validation_dataset_id is not None:
         _require_validation_dataset(
-            session, organization_id, dataset.id, request.validation_dataset_id
+            session, organization_id, dataset.id, request.validation_dataset_id, method
         )
-    requested = request.hyperparameters.model_dump()
-    trainer = _check_model_and_provider(settings, request.model, request.provider, requested)
+    start = starting_point(session, organization_id, request.model, request.provider)
+    trainer = _check_model_and_provider(
+        settings, start.base_model, start.provider, requested, method
+    )
     provider_name = trainer.name
-    resolved = trainer.resolve_hyperparameters(requested, dataset_figures(dataset))
+    resolved = trainer.resolve_hyperparameters(requested, dataset_figures(dataset), method=method)
+    parent = start.parent
     job = FineTuningJob(
         organization_id=organization_id,
         created_by=user_id,
@@ -87,7 +97,10 @@ def create_job(
         validation_dataset_id=request.validation_dataset_id,
         name=request.name,
         provider=provider_name,
-        base_model=request.model,
+        base_model=start.base_model,
+        method=method,
+        parent_model=parent.name if parent else None,
+        parent_model_id=parent.id if parent else None,
         status=S.PENDING,
         hyperparameters=requested,
         resolved_hyperparameters=resolved.model_dump(),
@@ -101,9 +114,11 @@ def create_job(
     return update_job(
         session,
         job.id,
-        message=f"Created fine-tuning job {job.id}: {request.model} on {provider_name}",
+        message=f"Created {method} fine-tuning job {job.id}: {request.model} on {provider_name}",
         event_type="created",
         data={
+            "method": method,
+            "parent_model": job.parent_model,
             "dataset_id": dataset.id,
             "validation_dataset_id": request.validation_dataset_id,
             "requested_hyperparameters": requested,
@@ -112,8 +127,80 @@ def create_job(
     )
 
 
+def requested_training(request: JobCreate | EstimateRequest) -> tuple[str, dict[str, Any]]:
+    """The job's method and its hyperparameters as requested: from ``method``, else from the
+    top-level field (OpenAI's older place for them), never both."""
+    method = request.method
+    method_type = method.type if method is not None else SUPERVISED
+    settings = getattr(method, method_type) if method is not None else None
+    if settings is not None and "hyperparameters" in request.model_fields_set:
+        raise InvalidInput(
+            f"hyperparameters: give them in method.{method_type}.hyperparameters or at the top "
+            "level, not both",
+            field="hyperparameters",
+        )
+    requested = (settings or request).hyperparameters.model_dump()
+    if method_type == DPO:
+        try:
+            return DPO, RequestedDpoHyperparameters.model_validate(requested).model_dump()
+        except ValidationError as exc:
+            name = str(exc.errors()[0]["loc"][0])
+            wanted = RequestedDpoHyperparameters.model_fields[name].description
+            field = f"hyperparameters.{name}"
+            raise InvalidInput(f"{field}: {wanted}", field=field) from exc
+    if "beta" in requested:
+        raise InvalidInput(
+            "hyperparameters.beta: only DPO jobs take beta; set method.type to 'dpo' to train "
+            "on preference pairs",
+            field="hyperparameters.beta",
+        )
+    return SUPERVISED, requested
+
+
+def _require_kind(dataset: FineTuningDataset, method: str, field: str) -> None:
+    """A supervised job trains on chat examples, a DPO job on preference pairs."""
+    wanted = DatasetKind.PREFERENCE if method == DPO else DatasetKind.CHAT
+    if dataset.kind is not wanted:
+        raise InvalidInput(
+            f"{field}: dataset {dataset.name!r} ({dataset.id}) holds {dataset.kind.value} "
+            f"examples; a {method} job trains on {wanted.value} examples"
+            + (" (OpenAI's DPO format)" if wanted is DatasetKind.PREFERENCE else ""),
+            field=field,
+        )
+
+
+@dataclass(frozen=True)
+class StartingPoint:
+    """What a job trains: a base model, and the fine-tune it starts from, if any."""
+
+    base_model: str
+    provider: str | None
+    parent: FineTunedModel | None = None
+
+
+def starting_point(
+    session: Session, organization_id: str, model: str, provider: str | None
+) -> StartingPoint:
+    """``model`` as a base model, or as one of the organization's fine-tunes (id or name),
+    whose base and provider the job then takes."""
+    parent = repository.find_fine_tuned_model(session, organization_id, model)
+    if parent is None:
+        return StartingPoint(model, provider)
+    if provider is not None and provider != parent.provider:
+        raise InvalidInput(
+            f"provider: model {parent.name} was trained by {parent.provider!r}; a job on top of "
+            "it trains there too",
+            field="provider",
+        )
+    return StartingPoint(parent.base_model, parent.provider, parent)
+
+
 def _require_validation_dataset(
-    session: Session, organization_id: str, dataset_id: str, validation_dataset_id: str
+    session: Session,
+    organization_id: str,
+    dataset_id: str,
+    validation_dataset_id: str,
+    method: str,
 ) -> None:
     if validation_dataset_id == dataset_id:
         raise InvalidInput(
@@ -122,12 +209,13 @@ def _require_validation_dataset(
             field="validation_dataset_id",
         )
     try:
-        require_valid_dataset(session, organization_id, validation_dataset_id)
+        validation = require_valid_dataset(session, organization_id, validation_dataset_id)
     except InvalidInput as exc:
         raise InvalidInput(
             f"validation_dataset_id: {exc.detail}",
             **{**exc.extra, "field": "validation_dataset_id"},
         ) from exc
+    _require_kind(validation, method, "validation_dataset_id")
 
 
 def dataset_figures(dataset: FineTuningDataset) -> DatasetFigures:
@@ -140,21 +228,25 @@ def dataset_figures(dataset: FineTuningDataset) -> DatasetFigures:
 def preview_hyperparameters(
     settings: Settings,
     dataset: FineTuningDataset,
-    model: str,
-    provider: str | None,
+    start: StartingPoint,
     requested: dict[str, Any],
+    method: str = SUPERVISED,
 ) -> ResolvedHyperparameters:
     """What a job on ``dataset`` would train with, before it exists (the wizard's preview)."""
-    provider_name = provider or find_base_model(model, settings).provider
+    provider_name = start.provider or find_base_model(start.base_model, settings).provider
     trainer = get_provider(provider_name, settings)
-    return trainer.resolve_hyperparameters(requested, dataset_figures(dataset))
+    return trainer.resolve_hyperparameters(requested, dataset_figures(dataset), method=method)
 
 
 def _check_model_and_provider(
-    settings: Settings, model: str, provider: str | None, hyperparameters: dict[str, Any]
+    settings: Settings,
+    model: str,
+    provider: str | None,
+    hyperparameters: dict[str, Any],
+    method: str,
 ) -> FineTuningProvider:
-    """The provider that will train ``model``; unknown, unoffered, unconfigured or given
-    hyperparameters it does not take is a 422."""
+    """The provider that will train ``model``; unknown, unoffered, unconfigured, a method it
+    does not train or hyperparameters it does not take is a 422."""
     base_model = find_base_model(model, settings)
     provider_name = provider or base_model.provider
     trainer = get_provider(provider_name, settings)
@@ -164,6 +256,12 @@ def _check_model_and_provider(
             f"model: provider {provider_name!r} does not fine-tune {model!r}; "
             f"it offers: {', '.join(offered) or 'nothing'}",
             field="model",
+        )
+    if method not in trainer.methods:
+        raise InvalidInput(
+            f"method.type: provider {provider_name!r} does not train {method!r}; it trains "
+            f"{', '.join(sorted(trainer.methods))}",
+            field="method.type",
         )
     trainer.check_hyperparameters(hyperparameters)
     trainer.ensure_configured()
@@ -368,8 +466,11 @@ def estimate_job(
 ) -> EstimateOut:
     """What "auto" becomes for the model's provider, and the billed tokens and cost, from
     the dataset report's own figures."""
+    method, requested = requested_training(request)
     dataset = require_valid_dataset(session, organization_id, request.dataset_id)
-    model = find_base_model(request.model, settings)
+    _require_kind(dataset, method, "dataset_id")
+    start = starting_point(session, organization_id, request.model, None)
+    model = find_base_model(start.base_model, settings)
     if dataset.validation_report is None:
         raise InvalidInput(
             f"dataset_id: dataset {dataset.id} has no validation report; validate it first",
@@ -385,13 +486,12 @@ def estimate_job(
             f"context differ from {model.name}'s; validate it against {model.name} first",
             field="model",
         )
-    trainer = get_provider(model.provider, settings)
-    requested = request.hyperparameters.model_dump()
+    trainer = get_provider(start.provider or model.provider, settings)
     trainer.check_hyperparameters(requested)
     figures = DatasetFigures.counted(
         report.train_examples, report.total_tokens, report.valid_examples
     )
-    resolved = trainer.resolve_hyperparameters(requested, figures)
+    resolved = trainer.resolve_hyperparameters(requested, figures, method=method)
     n_epochs = resolved.n_epochs
     billed_tokens = report.billed_tokens_per_epoch * n_epochs
     price = training_price_per_million(model.name, settings)
@@ -400,7 +500,7 @@ def estimate_job(
         model=model.name,
         provider=model.provider,
         n_epochs=n_epochs,
-        requested_n_epochs=request.hyperparameters.n_epochs,
+        requested_n_epochs=requested.get("n_epochs", "auto"),
         hyperparameters=resolved,
         billed_tokens_per_epoch=report.billed_tokens_per_epoch,
         billed_tokens=billed_tokens,

@@ -33,6 +33,7 @@ from tuneforge.openai_compat import service
 from tuneforge.openai_compat.schemas import (
     CheckpointList,
     FileDeleted,
+    FileId,
     FileList,
     FileObject,
     FineTuningJobCreate,
@@ -119,8 +120,8 @@ def list_files(
 
 
 @router.get("/files/{file_id}", summary="A file", response_model=FileObject, responses=READ_ERRORS)
-def retrieve_file(file_id: ObjectId, principal: PrincipalDep, session: SessionDep) -> FileObject:
-    return service.file_object(service.get_file(session, principal.organization_id, file_id))
+def retrieve_file(file_id: FileId, principal: PrincipalDep, session: SessionDep) -> FileObject:
+    return service.retrieve_file(session, principal.organization_id, file_id)
 
 
 @router.delete(
@@ -129,7 +130,7 @@ def retrieve_file(file_id: ObjectId, principal: PrincipalDep, session: SessionDe
     response_model=FileDeleted,
     responses=READ_ERRORS,
 )
-def delete_file(file_id: ObjectId, principal: PrincipalDep, session: SessionDep) -> FileDeleted:
+def delete_file(file_id: FileId, principal: PrincipalDep, session: SessionDep) -> FileDeleted:
     service.delete_file(session, principal.organization_id, file_id)
     return FileDeleted(id=file_id, deleted=True)
 
@@ -141,7 +142,7 @@ def delete_file(file_id: ObjectId, principal: PrincipalDep, session: SessionDep)
     responses={200: {"content": {"application/octet-stream": {}}}} | READ_ERRORS,
 )
 def file_content(
-    file_id: ObjectId, principal: PrincipalDep, session: SessionDep
+    file_id: FileId, principal: PrincipalDep, session: SessionDep
 ) -> StreamingResponse:
     chunks = service.file_content(session, principal.organization_id, file_id)
     return StreamingResponse(chunks, media_type="application/octet-stream")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from tuneforge.jobs.schemas import Metadata, ModelName, ObjectId, Suffix
+from tuneforge.jobs.schemas import DpoSettings, Metadata, ModelName, ObjectId, Suffix
 from tuneforge.providers.contract import RequestedHyperparameters
 
 FILE_PURPOSE = "fine-tune"
+RESULTS_PURPOSE = "fine-tune-results"
+FileId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 JobStatusName = Literal[
     "validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"
@@ -23,7 +25,7 @@ class FileObject(BaseModel):
     bytes: int
     created_at: int
     filename: str
-    purpose: Literal["fine-tune"] = FILE_PURPOSE
+    purpose: Literal["fine-tune", "fine-tune-results"] = FILE_PURPOSE
     status: Literal["uploaded", "processed", "error"]
     expires_at: int | None = None
     status_details: str | None = Field(
@@ -52,21 +54,31 @@ class SupervisedSettings(BaseModel):
 
 
 class MethodRequest(BaseModel):
-    """``{type, supervised: {hyperparameters}}``; other methods are named so that asking for
-    them is a clear refusal rather than a validation error."""
+    """``{type, supervised | dpo: {hyperparameters}}``; reinforcement is named so that asking
+    for it is a clear refusal rather than a validation error."""
 
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedSettings | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DpoSettings | None = None
     reinforcement: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def settings_of_its_type(self) -> MethodRequest:
+        for other in ("supervised", "dpo", "reinforcement"):
+            if other != self.type and getattr(self, other) is not None:
+                raise ValueError(f"{other} settings given for a {self.type} method")
+        return self
 
 
 class FineTuningJobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: ModelName = Field(description="A local base model, e.g. smollm2-135m-instruct.")
+    model: ModelName = Field(
+        description="A local base model, e.g. smollm2-135m-instruct, or a fine-tuned model to "
+        "train on top of (for DPO after a supervised step)."
+    )
     training_file: ObjectId = Field(description="A file uploaded with purpose fine-tune.")
     validation_file: ObjectId | None = None
     hyperparameters: RequestedHyperparameters | None = Field(
@@ -97,9 +109,18 @@ class SupervisedObject(BaseModel):
     hyperparameters: HyperparametersObject
 
 
+class DpoHyperparametersObject(HyperparametersObject):
+    beta: Literal["auto"] | float | None = None
+
+
+class DpoObject(BaseModel):
+    hyperparameters: DpoHyperparametersObject
+
+
 class MethodObject(BaseModel):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedObject | None = None
+    dpo: DpoObject | None = None
 
 
 class FineTuningJobObject(BaseModel):

@@ -8,6 +8,8 @@ and refuses what TuneForge does not train yet as OpenAI would, naming the parame
 
 from __future__ import annotations
 
+import csv
+import io
 import secrets
 from collections.abc import Iterator
 from datetime import datetime
@@ -24,13 +26,17 @@ from tuneforge.datasets.repository import get_dataset
 from tuneforge.db.tables.datasets import DatasetStatus, FineTuningDataset
 from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobCheckpoint, JobStatus
 from tuneforge.errors import BadRequest, InvalidInput, NotFound
+from tuneforge.jobs import repository as jobs_repository
 from tuneforge.jobs import service as jobs_service
-from tuneforge.jobs.schemas import JobCreate, JobOut
+from tuneforge.jobs.schemas import JobCreate, JobOut, Method
 from tuneforge.openai_compat import repository
 from tuneforge.openai_compat.schemas import (
     FILE_PURPOSE,
+    RESULTS_PURPOSE,
     CheckpointMetrics,
     CheckpointObject,
+    DpoHyperparametersObject,
+    DpoObject,
     FileObject,
     FineTuningJobCreate,
     FineTuningJobObject,
@@ -41,10 +47,7 @@ from tuneforge.openai_compat.schemas import (
     MethodObject,
     SupervisedObject,
 )
-from tuneforge.providers.contract import (
-    RequestedHyperparameters,
-    checkpoint_model_name,
-)
+from tuneforge.providers.contract import DPO, checkpoint_model_name
 
 S = JobStatus
 
@@ -75,6 +78,14 @@ _METRIC_DATA = (
     "full_valid_mean_token_accuracy",
     "total_steps",
 )
+RESULTS_FILE_PREFIX = "file-results-"
+# OpenAI's results CSV columns, and the metric each is read from.
+RESULTS_COLUMNS = {
+    "train_loss": "train_loss",
+    "train_accuracy": "train_mean_token_accuracy",
+    "valid_loss": "valid_loss",
+    "valid_mean_token_accuracy": "valid_mean_token_accuracy",
+}
 ERRORS_SHOWN = 3
 CONTENT_CHUNK_BYTES = 1 << 16
 EVENT_ID_PREFIX = "ftevent-"
@@ -147,23 +158,55 @@ def list_files(
     )
 
 
-def get_file(session: Session, organization_id: str, file_id: str) -> FineTuningDataset:
-    return get_dataset(session, organization_id, file_id)
+def retrieve_file(session: Session, organization_id: str, file_id: str) -> FileObject:
+    if file_id.startswith(RESULTS_FILE_PREFIX):
+        job, content = _results(session, organization_id, file_id)
+        return FileObject(
+            id=file_id,
+            bytes=len(content),
+            created_at=_unix(job.finished_at) or int(job.created_at.timestamp()),
+            filename="step_metrics.csv",
+            purpose=RESULTS_PURPOSE,
+            status="processed",
+        )
+    return file_object(get_dataset(session, organization_id, file_id))
 
 
 def delete_file(session: Session, organization_id: str, file_id: str) -> None:
+    if file_id.startswith(RESULTS_FILE_PREFIX):
+        raise BadRequest("file_id: a job's results file lives as long as its job", field="file_id")
     datasets_service.delete_dataset(session, organization_id, file_id)
 
 
 def file_content(session: Session, organization_id: str, file_id: str) -> Iterator[bytes]:
     """The bytes uploaded, as they were; a dataset imported from conversations has no
-    upload, so its examples are written out as chat JSONL."""
+    upload, so its examples are written out as chat JSONL. A job's results file is its
+    step metrics as OpenAI's CSV."""
+    if file_id.startswith(RESULTS_FILE_PREFIX):
+        return iter([_results(session, organization_id, file_id)[1]])
     dataset = get_dataset(session, organization_id, file_id)
     path = Path(dataset.file_path) if dataset.file_path else None
     if path is not None and path.is_file():
         return _chunks(path)
     lines = [line + "\n" for line in iter_example_lines(session, dataset.id, None)]
     return iter([("".join(lines)).encode()])
+
+
+def _results(session: Session, organization_id: str, file_id: str) -> tuple[FineTuningJob, bytes]:
+    """A succeeded job's step metrics, one row per step, in OpenAI's results columns."""
+    job = jobs_service.get_job(session, organization_id, file_id.removeprefix(RESULTS_FILE_PREFIX))
+    if job.status != S.SUCCEEDED:
+        raise NotFound(f"File {file_id} not found", field="file_id")
+    steps: dict[int, dict[str, float]] = {}
+    for point in jobs_repository.all_metrics(session, job.id, list(RESULTS_COLUMNS.values())):
+        steps.setdefault(point.step, {})[point.name] = point.value
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["step", *RESULTS_COLUMNS])
+    for step in sorted(steps):
+        values = steps[step]
+        writer.writerow([step, *(values.get(name, "") for name in RESULTS_COLUMNS.values())])
+    return job, out.getvalue().encode()
 
 
 def _chunks(path: Path) -> Iterator[bytes]:
@@ -184,15 +227,17 @@ def create_job(
 ) -> FineTuningJob:
     """OpenAI's request as a TuneForge job; an invalid training file is refused with its
     report's first errors, as OpenAI refuses one at job creation."""
-    hyperparameters = _requested_hyperparameters(body)
+    method = _requested_method(body)
     _require_valid_file(session, organization_id, body.training_file, "training_file")
     if body.validation_file is not None:
         _require_valid_file(session, organization_id, body.validation_file, "validation_file")
+    top_level = {} if body.hyperparameters is None else {"hyperparameters": body.hyperparameters}
     request = JobCreate(
         dataset_id=body.training_file,
         validation_dataset_id=body.validation_file,
         model=body.model,
-        hyperparameters=hyperparameters,
+        method=method,
+        **top_level,
         suffix=body.suffix,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         metadata=body.metadata,
@@ -208,22 +253,27 @@ def create_job(
         raise BadRequest(detail, field=param) from exc
 
 
-def _requested_hyperparameters(body: FineTuningJobCreate) -> RequestedHyperparameters:
+def _requested_method(body: FineTuningJobCreate) -> Method | None:
+    """OpenAI's ``method`` as TuneForge's; reinforcement is refused, naming the parameter."""
     method = body.method
-    if method is not None and method.type != "supervised":
+    if method is None:
+        return None
+    if method.type == "reinforcement":
         raise BadRequest(
-            f"method.type: {method.type!r} is not trained by TuneForge yet; use 'supervised'",
+            "method.type: 'reinforcement' is not trained by TuneForge yet; use 'supervised' "
+            "or 'dpo'",
             field="method.type",
         )
-    if method is not None and method.supervised is not None:
-        if body.hyperparameters is not None:
-            raise BadRequest(
-                "hyperparameters: give them in method.supervised.hyperparameters or at the top "
-                "level (deprecated), not both",
-                field="hyperparameters",
-            )
-        return method.supervised.hyperparameters
-    return body.hyperparameters or RequestedHyperparameters()
+    settings = method.supervised if method.type == "supervised" else method.dpo
+    if settings is not None and body.hyperparameters is not None:
+        raise BadRequest(
+            f"hyperparameters: give them in method.{method.type}.hyperparameters or at the top "
+            "level (deprecated), not both",
+            field="hyperparameters",
+        )
+    return Method.model_validate(
+        {"type": method.type, method.type: settings.model_dump() if settings else None}
+    )
 
 
 def _require_valid_file(session: Session, organization_id: str, file_id: str, param: str) -> None:
@@ -244,6 +294,13 @@ def job_object(view: JobOut, organization_id: str) -> FineTuningJobObject:
         learning_rate_multiplier=resolved.learning_rate_multiplier,
         n_epochs=resolved.n_epochs,
     )
+    if view.method.type == DPO:
+        dpo = DpoHyperparametersObject(**hyperparameters.model_dump(), beta=resolved.beta)
+        method = MethodObject(type="dpo", dpo=DpoObject(hyperparameters=dpo))
+    else:
+        method = MethodObject(
+            type="supervised", supervised=SupervisedObject(hyperparameters=hyperparameters)
+        )
     error = (
         JobErrorObject(
             code=view.error.code, message=view.error.message, param=_error_param(view.error.code)
@@ -258,9 +315,9 @@ def job_object(view: JobOut, organization_id: str) -> FineTuningJobObject:
         fine_tuned_model=view.fine_tuned_model if view.status == S.SUCCEEDED else None,
         finished_at=_unix(view.finished_at),
         hyperparameters=hyperparameters,
-        model=view.model,
+        model=view.parent_model or view.model,
         organization_id=organization_id,
-        result_files=[],
+        result_files=[f"{RESULTS_FILE_PREFIX}{view.id}"] if view.status == S.SUCCEEDED else [],
         seed=view.seed if view.seed is not None else 0,
         status=_STATUS_NAMES[view.status],
         trained_tokens=view.trained_tokens,
@@ -268,9 +325,7 @@ def job_object(view: JobOut, organization_id: str) -> FineTuningJobObject:
         validation_file=view.validation_dataset_id,
         estimated_finish=_unix(view.estimated_finish),
         metadata=view.metadata,
-        method=MethodObject(
-            type="supervised", supervised=SupervisedObject(hyperparameters=hyperparameters)
-        ),
+        method=method,
     )
 
 

@@ -69,6 +69,11 @@ class ProviderJobRequest:
     # The job had a provider job already (its worker died): the provider must carry on with
     # it, not start afresh (the local provider needs that job's directory).
     resuming: bool = False
+    # "supervised" or "dpo" (``TRAINING_METHODS``); the provider offers it (``methods``).
+    method: str = "supervised"
+    # The provider's reference of the fine-tune the job starts from (its model's
+    # ``provider_model_id``), or None to start from the base model.
+    parent_model: str | None = None
 
 
 CHECKPOINT_NAME_MARK = ":ckpt-step-"
@@ -207,6 +212,9 @@ class ServableFiles:
 
 class FineTuningProvider(Protocol):
     name: str
+    methods: frozenset[str]
+    """The training methods it offers (``TRAINING_METHODS``); each may start from a base
+    model or from one of this provider's fine-tunes."""
     runs_in_worker: bool
     can_pause: bool
     """``pause`` stops a job where a later ``create_job`` of the same key continues it."""
@@ -230,9 +238,10 @@ class FineTuningProvider(Protocol):
         """Raise ``InvalidInput`` naming the field of a hyperparameter this provider refuses."""
 
     def resolve_hyperparameters(
-        self, requested: dict[str, Any], figures: DatasetFigures
+        self, requested: dict[str, Any], figures: DatasetFigures, *, method: str = "supervised"
     ) -> ResolvedHyperparameters:
-        """The epochs, batch size and learning-rate multiplier "auto" becomes here."""
+        """The epochs, batch size and learning-rate multiplier (and DPO's beta) "auto"
+        becomes here for a job of ``method``."""
 
     def upload_training_file(self, path: Path, *, idempotency_key: str) -> str: ...
 
@@ -316,13 +325,39 @@ class RequestedHyperparameters(Hyperparameters):
     model_config = ConfigDict(extra="allow")
 
 
+# Training methods, as OpenAI names them in a job's ``method.type``.
+SUPERVISED = "supervised"
+DPO = "dpo"
+TRAINING_METHODS = (SUPERVISED, DPO)
+TrainingMethod = Literal["supervised", "dpo"]
+AUTO_BETA = 0.1  # DPO's usual strength of the pull towards the reference (TRL's default)
+Beta = Auto | Annotated[float, Field(strict=True, gt=0, le=10)]
+
+
+class DpoHyperparameters(Hyperparameters):
+    """The shared knobs and DPO's own: ``beta``."""
+
+    beta: Beta = Field(
+        default=AUTO,
+        description='Above 0 up to 10, or "auto" (0.1): how far the model may move from its '
+        "reference; higher keeps it closer.",
+    )
+
+
+class RequestedDpoHyperparameters(DpoHyperparameters):
+    """DPO's knobs, plus any a provider adds (the job's provider checks those)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 def require_shared_only(provider: str, requested: dict[str, Any]) -> None:
-    """For providers that take only the shared knobs: name the first one they do not take."""
-    extra = sorted(set(requested) - set(Hyperparameters.model_fields))
+    """For providers that take only the shared knobs (and DPO's beta): name the first one
+    they do not take."""
+    extra = sorted(set(requested) - set(DpoHyperparameters.model_fields))
     if extra:
         raise InvalidInput(
             f"hyperparameters.{extra[0]}: the {provider} provider does not take it; it takes "
-            f"{', '.join(Hyperparameters.model_fields)}",
+            f"{', '.join(DpoHyperparameters.model_fields)}",
             field=f"hyperparameters.{extra[0]}",
         )
 
@@ -331,6 +366,17 @@ class ResolvedHyperparameters(BaseModel):
     n_epochs: int
     batch_size: int
     learning_rate_multiplier: float
+    beta: float | None = Field(
+        default=None, description="DPO jobs only.", exclude_if=lambda value: value is None
+    )
+
+
+def resolve_beta(requested: dict[str, Any], method: str) -> float | None:
+    """DPO's beta as requested, "auto" resolved; None for other methods."""
+    if method != DPO:
+        return None
+    beta = requested.get("beta", AUTO)
+    return float(beta) if isinstance(beta, int | float) else AUTO_BETA
 
 
 def shared_hyperparameters(stored: dict[str, Any]) -> Hyperparameters:

@@ -23,6 +23,8 @@ from tuneforge.config import Settings
 from tuneforge.errors import InvalidInput
 from tuneforge.providers.catalog import OPENAI_PROVIDER, list_base_models
 from tuneforge.providers.contract import (
+    SUPERVISED,
+    TRAINING_METHODS,
     BaseModelInfo,
     DatasetFigures,
     ProviderCheckpoint,
@@ -37,12 +39,13 @@ from tuneforge.providers.contract import (
     RetriableProviderError,
     ServableFiles,
     require_shared_only,
+    resolve_beta,
     resolve_by_openai_rules,
     shared_hyperparameters,
 )
 
 IDEMPOTENCY_METADATA_KEY = "tuneforge_job_id"
-SUPPORTED_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+SUPPORTED_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier", "beta")
 NOT_CONFIGURED_MESSAGE = "OpenAI API key is not configured: set TUNEFORGE_OPENAI_API_KEY"
 
 # The SDK retries these too: request timeout, lock conflict, rate limit (and every 5xx).
@@ -70,6 +73,7 @@ class OpenAIProvider:
     """Remote jobs on OpenAI; polled at the configured interval, lease released between."""
 
     name = OPENAI_PROVIDER
+    methods = frozenset(TRAINING_METHODS)
     runs_in_worker = False
     can_pause = False
     serves_models_here = False
@@ -96,9 +100,12 @@ class OpenAIProvider:
         require_shared_only(self.name, requested)
 
     def resolve_hyperparameters(
-        self, requested: dict[str, Any], figures: DatasetFigures
+        self, requested: dict[str, Any], figures: DatasetFigures, *, method: str = SUPERVISED
     ) -> ResolvedHyperparameters:
-        return resolve_by_openai_rules(shared_hyperparameters(requested), figures.train_examples)
+        resolved = resolve_by_openai_rules(
+            shared_hyperparameters(requested), figures.train_examples
+        )
+        return resolved.model_copy(update={"beta": resolve_beta(requested, method)})
 
     def ensure_configured(self) -> None:
         if not self._settings.openai_api_key:
@@ -129,7 +136,8 @@ class OpenAIProvider:
         return self._call(upload)
 
     def create_job(self, request: ProviderJobRequest) -> str:
-        """Create the job with our id in its metadata; only OpenAI's hyperparameters are sent."""
+        """Create the job with our id in its metadata; only OpenAI's hyperparameters are sent.
+        A job from a fine-tune names that fine-tune as its model, as OpenAI's API wants."""
         hyperparameters = {
             name: request.hyperparameters[name]
             for name in SUPPORTED_HYPERPARAMETERS
@@ -145,9 +153,12 @@ class OpenAIProvider:
         metadata = {**request.metadata, IDEMPOTENCY_METADATA_KEY: request.idempotency_key}
         job = self._call(
             lambda client: client.fine_tuning.jobs.create(
-                model=request.base_model,
+                model=request.parent_model or request.base_model,
                 training_file=request.training_file_id,
-                method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+                method={
+                    "type": request.method,
+                    request.method: {"hyperparameters": hyperparameters},
+                },
                 metadata=metadata,
                 **options,
             )

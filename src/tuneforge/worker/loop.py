@@ -25,14 +25,17 @@ from tuneforge.db.engine import unit_of_work
 from tuneforge.db.tables.jobs import FineTuningJob
 from tuneforge.errors import NotFound
 from tuneforge.evals.execution import execute_run
+from tuneforge.exports.execution import execute_export
 from tuneforge.inference.engine import InferenceEngine
 from tuneforge.jobs import service as jobs_service
 from tuneforge.webhooks.delivery import DeliveryConfig, DeliveryThreads
 from tuneforge.worker.queue import (
     claim_job,
     claim_next_eval_run,
+    claim_next_export,
     claim_next_job,
     eval_heartbeat,
+    export_heartbeat,
     heartbeat,
     release,
     request_run_now,
@@ -103,7 +106,8 @@ MAX_ERROR_BACKOFF_SECONDS = 30.0
 
 
 class Worker:
-    """Claims due jobs, then due evaluations, one at a time, and works on each under its lease.
+    """Claims due jobs, then due evaluations, then due exports, one at a time, and works
+    on each under its lease.
 
     Evaluations generate with ``engine``: the server's own when the worker is embedded (one
     copy of each model in memory), else one made on the first evaluation."""
@@ -126,7 +130,7 @@ class Worker:
     @property
     def engine(self) -> InferenceEngine:
         if self._engine is None:
-            self._engine = InferenceEngine(self.settings.inference_cache_bytes)
+            self._engine = InferenceEngine.from_settings(self.settings)
         return self._engine
 
     def run_forever(self, stop_event: threading.Event) -> None:
@@ -166,12 +170,13 @@ class Worker:
         return min(MAX_ERROR_BACKOFF_SECONDS, idle * 2**failures)
 
     def run_once(self, stop_event: threading.Event | None = None) -> bool:
-        """Claim and work on one due job, else one due evaluation; False when none was due."""
+        """Claim and work on one due job, else one due evaluation, else one due export;
+        False when none was due."""
         with unit_of_work(self.session_factory) as session:
             job = claim_next_job(session, self.worker_id, self.settings.worker_lease_seconds)
             job_id = job.id if job is not None else None
         if job_id is None:
-            return self.run_one_evaluation()
+            return self.run_one_evaluation() or self.run_one_export()
         log.info("Worker %s claimed job %s", self.worker_id, job_id)
         work_on_claimed_job(
             self.session_factory,
@@ -193,6 +198,19 @@ class Worker:
         log.info("Worker %s claimed evaluation %s", self.worker_id, run_id)
         with LeaseKeeper(self.session_factory, run_id, self.worker_id, lease, eval_heartbeat):
             execute_run(self.session_factory, self.settings, self.engine, run_id, self.worker_id)
+        return True
+
+    def run_one_export(self) -> bool:
+        """Claim and write one due export to its end; False when none was due."""
+        lease = self.settings.worker_lease_seconds
+        with unit_of_work(self.session_factory) as session:
+            export = claim_next_export(session, self.worker_id, lease)
+            export_id = export.id if export is not None else None
+        if export_id is None:
+            return False
+        log.info("Worker %s claimed export %s", self.worker_id, export_id)
+        with LeaseKeeper(self.session_factory, export_id, self.worker_id, lease, export_heartbeat):
+            execute_export(self.session_factory, self.settings, export_id, self.worker_id)
         return True
 
 

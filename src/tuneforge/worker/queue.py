@@ -1,4 +1,4 @@
-"""The work queues: job and evaluation rows are the work, leases say who is on one,
+"""The work queues: job, evaluation and export rows are the work, leases say who is on one,
 heartbeats keep a lease alive.
 
 A job is claimable when it is active, due (``run_after`` is null or past) and its lease is
@@ -27,11 +27,12 @@ from sqlalchemy.orm import Session
 
 from tuneforge.db.base import utcnow
 from tuneforge.db.tables.evals import ACTIVE_EVAL_STATUSES, EvalRun
+from tuneforge.db.tables.exports import ACTIVE_EXPORT_STATUSES, ModelExport
 from tuneforge.db.tables.jobs import FineTuningJob
 from tuneforge.jobs.states import WORKABLE_STATUSES
 
 Job = FineTuningJob
-Leased = type[FineTuningJob] | type[EvalRun]
+Leased = type[FineTuningJob] | type[EvalRun] | type[ModelExport]
 """A table of queued work: status, ``run_after`` and the lease columns."""
 
 
@@ -93,6 +94,10 @@ def claim_next_eval_run(session: Session, worker_id: str, lease_seconds: float) 
     return claim_next(session, EvalRun, ACTIVE_EVAL_STATUSES, worker_id, lease_seconds)
 
 
+def claim_next_export(session: Session, worker_id: str, lease_seconds: float) -> ModelExport | None:
+    return claim_next(session, ModelExport, ACTIVE_EXPORT_STATUSES, worker_id, lease_seconds)
+
+
 def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> Job | None:
     """Take the lease of one active job whether or not it is due (``sync now``)."""
     now = utcnow()
@@ -130,6 +135,14 @@ def heartbeat(session: Session, job_id: str, worker_id: str, lease_seconds: floa
 
 def eval_heartbeat(session: Session, run_id: str, worker_id: str, lease_seconds: float) -> bool:
     return extend_lease(session, EvalRun, ACTIVE_EVAL_STATUSES, run_id, worker_id, lease_seconds)
+
+
+def export_heartbeat(
+    session: Session, export_id: str, worker_id: str, lease_seconds: float
+) -> bool:
+    return extend_lease(
+        session, ModelExport, ACTIVE_EXPORT_STATUSES, export_id, worker_id, lease_seconds
+    )
 
 
 def release(session: Session, job_id: str, worker_id: str, run_after: datetime) -> bool:

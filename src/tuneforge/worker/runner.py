@@ -208,6 +208,9 @@ class JobRunner:
             job = self._owned(session, job.id)
             organization = session.get(Organization, job.organization_id)
             owner = name_part(organization.name if organization else "")
+            # Read even if deleted since: the job was created to start from it.
+            parent_id = job.parent_model_id
+            parent = session.get(FineTunedModel, parent_id) if parent_id else None
         if job.status == S.CANCELLING:
             return job  # cancelled while uploading: create nothing
         provider_job_id = provider.find_job(job.id)
@@ -225,6 +228,8 @@ class JobRunner:
                     metadata={str(k): str(v) for k, v in (job.job_metadata or {}).items()},
                     resuming=job.provider_job_id is not None,
                     owner=owner,
+                    method=job.method,
+                    parent_model=parent.provider_model_id if parent else None,
                 )
             )
         with unit_of_work(self.session_factory) as session:

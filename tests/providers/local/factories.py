@@ -43,6 +43,22 @@ def chat_examples(count: int, seed: int = 0) -> list[dict]:
     return examples
 
 
+def preference_examples(count: int, seed: int = 0) -> list[dict]:
+    """OpenAI DPO lines with a learnable preference: repeating the question beats a fixed
+    non-answer."""
+    pairs = []
+    for example in chat_examples(count, seed):
+        user, reply = example["messages"]
+        pairs.append(
+            {
+                "input": {"messages": [user]},
+                "preferred_output": [reply],
+                "non_preferred_output": [{"role": "assistant", "content": "no idea sorry"}],
+            }
+        )
+    return pairs
+
+
 def write_jsonl(path: Path, examples: list[dict]) -> Path:
     path.write_text("".join(json.dumps(e) + "\n" for e in examples))
     return path
@@ -56,13 +72,16 @@ def prepare_job_dir(
     n_train: int = 48,
     n_valid: int = 0,
     seed: int = 7,
+    method: str = "supervised",
+    parent_adapter: Path | None = None,
 ) -> JobPaths:
     """A job directory as ``create_job`` writes it, for running the trainer in-process."""
     paths = JobPaths(root)
     root.mkdir(parents=True, exist_ok=True)
-    write_jsonl(paths.train_file, chat_examples(n_train))
+    examples = preference_examples if method == "dpo" else chat_examples
+    write_jsonl(paths.train_file, examples(n_train))
     if n_valid:
-        write_jsonl(paths.valid_file, chat_examples(n_valid, seed=seed + 1))
+        write_jsonl(paths.valid_file, examples(n_valid, seed=seed + 1))
     write_spec(
         paths,
         JobSpec(
@@ -72,6 +91,8 @@ def prepare_job_dir(
             hyperparameters=parse_local_hyperparameters(hyperparameters).model_dump(),
             seed=seed,
             has_validation=bool(n_valid),
+            method=method,
+            parent_adapter=str(parent_adapter) if parent_adapter else None,
         ),
     )
     return paths

@@ -6,6 +6,7 @@ from tuneforge.db.tables.auth import ApiKey, Membership, Organization, User
 from tuneforge.db.tables.datasets import FineTuningDataset, TrainingExample
 from tuneforge.db.tables.deployment import DeploymentFact
 from tuneforge.db.tables.evals import EvalResult, EvalRun
+from tuneforge.db.tables.exports import ModelExport
 from tuneforge.db.tables.jobs import FineTuningEvent, FineTuningJob, JobCheckpoint, JobMetric
 from tuneforge.db.tables.models import FineTunedModel, ModelUsage
 from tuneforge.db.tables.webhooks import (
@@ -32,6 +33,7 @@ __all__ = [
     "JobCheckpoint",
     "JobMetric",
     "Membership",
+    "ModelExport",
     "ModelUsage",
     "Organization",
     "TrainingExample",

@@ -3,10 +3,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import JSON, ForeignKey, Index, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from tuneforge.db.base import Base, IdMixin, JSONType, SoftDeleteMixin, utcnow
+
+# None as SQL NULL, not JSON null, so "has a correction" is a plain IS NOT NULL.
+NullableJSON = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 class Agent(IdMixin, SoftDeleteMixin, Base):
@@ -73,3 +77,6 @@ class ConversationMessage(IdMixin, Base):
     name: Mapped[str | None] = mapped_column(String(100), default=None)
     tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType, default=None)
     tool_call_id: Mapped[str | None] = mapped_column(String(100), default=None)
+    # A reviewer's better reply to this assistant message ({"role": "assistant", ...}):
+    # with a low rating, the logged and corrected replies import as a preference pair.
+    correction: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON, default=None)

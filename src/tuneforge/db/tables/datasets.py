@@ -23,6 +23,13 @@ class DatasetFormat(enum.StrEnum):
     CONVERSATIONS = "conversations"
 
 
+class DatasetKind(enum.StrEnum):
+    """What a dataset's examples are: chat conversations, or preference pairs for DPO."""
+
+    CHAT = "chat"
+    PREFERENCE = "preference"
+
+
 class ExampleSplit(enum.StrEnum):
     TRAIN = "train"
     VALIDATION = "validation"
@@ -41,6 +48,9 @@ class FineTuningDataset(IdMixin, SoftDeleteMixin, Base):
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str | None] = mapped_column(Text, default=None)
     format: Mapped[DatasetFormat] = mapped_column(str_enum(DatasetFormat))
+    kind: Mapped[DatasetKind] = mapped_column(
+        str_enum(DatasetKind), default=DatasetKind.CHAT, server_default=DatasetKind.CHAT.value
+    )
     status: Mapped[DatasetStatus] = mapped_column(
         str_enum(DatasetStatus), default=DatasetStatus.UPLOADED
     )
@@ -76,6 +86,11 @@ class TrainingExample(IdMixin, Base):
     line_number: Mapped[int] = mapped_column(Integer)
     messages: Mapped[Any] = mapped_column(JSONType, default=None)
     tools: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType, default=None)
+    # A preference pair's replies (its prompt is ``messages`` and ``tools``); NULL for chat.
+    preferred_output: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType, default=None)
+    non_preferred_output: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        JSONType, default=None
+    )
     raw_line: Mapped[str | None] = mapped_column(Text, default=None)
     is_valid: Mapped[bool] = mapped_column(default=True)
     errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType, default=None)

@@ -49,6 +49,14 @@ class FineTuningJob(IdMixin, Base):
     name: Mapped[str | None] = mapped_column(String(200), default=None)
     provider: Mapped[str] = mapped_column(String(50))
     base_model: Mapped[str] = mapped_column(String(200))
+    # "supervised" or "dpo", OpenAI's method.type.
+    method: Mapped[str] = mapped_column(
+        String(20), default="supervised", server_default="supervised"
+    )
+    # The organization's fine-tune the job trains on top of (its name, as the API shows it,
+    # and its id); NULL when it starts from the base model.
+    parent_model: Mapped[str | None] = mapped_column(String(300), default=None)
+    parent_model_id: Mapped[str | None] = mapped_column(String(32), default=None)
     status: Mapped[JobStatus] = mapped_column(str_enum(JobStatus), default=JobStatus.PENDING)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     # What "auto" became for this provider when the job was created (NULL before 0003).

@@ -6,6 +6,9 @@ token budget per optimizer step instead (``STEP_TOKENS``, within one micro-batch
 step's examples pack into one forward pass), scales the learning rate linearly with the
 batch up to LoRA's high end (8e-4 at 8 examples), and sets the epochs so a run makes
 ``MIN_AUTO_STEPS`` optimizer steps: a small dataset is seen many times, a large one once.
+A DPO job's "example" is a pair (both replies and the prompt twice), and its learning rate
+is ``DPO_LEARNING_RATE_SCALE`` of the supervised one: the DPO loss moves log-ratios that
+start at 0, and at supervised rates the margin overshoots (``benchmarks/dpo_quality.py``).
 Early stopping ends a run once held-out loss stops reaching new lows, so the epochs are
 an upper bound, not a cost. The figures behind these numbers are in ``docs/decisions.md``
 ("Auto for local LoRA runs") and ``benchmarks/auto_quality.py``.
@@ -15,7 +18,13 @@ from __future__ import annotations
 
 import math
 
-from tuneforge.providers.contract import DatasetFigures, ResolvedHyperparameters
+from tuneforge.providers.contract import (
+    DPO,
+    SUPERVISED,
+    DatasetFigures,
+    ResolvedHyperparameters,
+    resolve_beta,
+)
 from tuneforge.providers.local.jobdir import LocalHyperparameters
 
 STEP_TOKENS = 768
@@ -24,9 +33,12 @@ REFERENCE_BATCH = 2  # the batch whose learning rate is LoRA's usual 2e-4 (multi
 MAX_AUTO_LEARNING_RATE_MULTIPLIER = 4.0
 MIN_AUTO_STEPS = 60
 MAX_AUTO_EPOCHS = 10
+DPO_LEARNING_RATE_SCALE = 0.25
 
 
-def resolve_local(hp: LocalHyperparameters, figures: DatasetFigures) -> ResolvedHyperparameters:
+def resolve_local(
+    hp: LocalHyperparameters, figures: DatasetFigures, method: str = SUPERVISED
+) -> ResolvedHyperparameters:
     """The numbers a local run trains with: each knob as requested, else by the rules above."""
     examples = max(1, figures.train_examples)
     batch_size = hp.batch_size
@@ -37,11 +49,17 @@ def resolve_local(hp: LocalHyperparameters, figures: DatasetFigures) -> Resolved
     multiplier = hp.learning_rate_multiplier
     if not isinstance(multiplier, float):
         scaled = batch_size / REFERENCE_BATCH
-        multiplier = round(min(MAX_AUTO_LEARNING_RATE_MULTIPLIER, max(1.0, scaled)), 3)
+        multiplier = min(MAX_AUTO_LEARNING_RATE_MULTIPLIER, max(1.0, scaled))
+        if method == DPO:
+            multiplier *= DPO_LEARNING_RATE_SCALE
+        multiplier = round(multiplier, 3)
     n_epochs = hp.n_epochs
     if not isinstance(n_epochs, int):
         steps_per_epoch = math.ceil(examples / batch_size)
         n_epochs = min(MAX_AUTO_EPOCHS, math.ceil(MIN_AUTO_STEPS / steps_per_epoch))
     return ResolvedHyperparameters(
-        n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=multiplier
+        n_epochs=n_epochs,
+        batch_size=batch_size,
+        learning_rate_multiplier=multiplier,
+        beta=resolve_beta(hp.model_dump(), method),
     )

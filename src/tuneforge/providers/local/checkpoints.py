@@ -14,7 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import PeftModel, set_peft_model_state_dict
@@ -28,6 +28,9 @@ from tuneforge.providers.local.jobdir import (
     checkpoint_dirs,
     utc_now_iso,
 )
+
+if TYPE_CHECKING:
+    from tuneforge.providers.local.stacking import AdapterFiles
 
 KEEP_CHECKPOINTS = 3
 STATE_FILE = "trainer_state.pt"
@@ -48,6 +51,7 @@ def save_checkpoint(
     *,
     step: int,
     model: PeftModel,
+    files: AdapterFiles,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     trained_tokens: int,
@@ -59,7 +63,7 @@ def save_checkpoint(
     tmp = paths.checkpoints / f".step-{step}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model.save_pretrained(tmp / ADAPTER_DIR)
+    files.save(model, tmp / ADAPTER_DIR)
     torch.save(
         {
             "step": step,
@@ -79,11 +83,13 @@ def save_checkpoint(
     return final
 
 
-def save_adapter(paths: JobPaths, model: PeftModel, tokenizer: PreTrainedTokenizerBase) -> Path:
+def save_adapter(
+    paths: JobPaths, model: PeftModel, files: AdapterFiles, tokenizer: PreTrainedTokenizerBase
+) -> Path:
     """Write the final adapter, with the tokenizer for inference, atomically into place."""
     tmp = paths.root / f".adapter.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    files.save(model, tmp)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(paths.adapter, ignore_errors=True)
     tmp.replace(paths.adapter)
@@ -107,11 +113,12 @@ class RestoredState:
 def restore_checkpoint(
     checkpoint: Checkpoint,
     model: PeftModel,
+    files: AdapterFiles,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> RestoredState:
     """Load a checkpoint into the live objects; returns the run's counters as of it."""
-    load_adapter_weights(model, checkpoint.adapter)
+    files.load(model, checkpoint.adapter)
     state = torch.load(checkpoint.path / STATE_FILE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -125,10 +132,10 @@ def load_adapter_weights(model: PeftModel, adapter_dir: Path) -> None:
         raise RuntimeError(f"Adapter {adapter_dir} does not match this model")
 
 
-def save_best_adapter(paths: JobPaths, model: PeftModel) -> None:
+def save_best_adapter(paths: JobPaths, model: PeftModel, files: AdapterFiles) -> None:
     """Keep the LoRA weights of the best step so far, replacing the previous best atomically."""
     tmp = paths.root / f".best-adapter.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    files.save(model, tmp)
     shutil.rmtree(paths.best_adapter, ignore_errors=True)
     tmp.replace(paths.best_adapter)

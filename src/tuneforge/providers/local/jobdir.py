@@ -21,7 +21,13 @@ from pydantic import Field, StringConstraints, ValidationError
 
 from tuneforge.config import Settings
 from tuneforge.errors import InvalidInput
-from tuneforge.providers.contract import AUTO, Auto, Hyperparameters, fine_tuned_model_name
+from tuneforge.providers.contract import (
+    AUTO,
+    SUPERVISED,
+    Auto,
+    DpoHyperparameters,
+    fine_tuned_model_name,
+)
 
 # The trainer's states are "starting", "running", then one of these.
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -34,8 +40,9 @@ MAX_STEPS = 10_000_000
 ModuleName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\w.]+$")]
 
 
-class LocalHyperparameters(Hyperparameters):
-    """The shared OpenAI-style knobs plus what LoRA training on this machine needs."""
+class LocalHyperparameters(DpoHyperparameters):
+    """The shared OpenAI-style knobs (DPO's beta among them, read by DPO jobs only) plus
+    what LoRA training on this machine needs."""
 
     lora_r: int = Field(default=16, ge=1, le=1024)
     lora_alpha: float = Field(default=32.0, gt=0, le=4096, allow_inf_nan=False)
@@ -117,6 +124,9 @@ class JobSpec:
     has_validation: bool
     suffix: str | None = None
     owner: str = "tuneforge"
+    method: str = SUPERVISED
+    # The adapter of the fine-tune the job starts from, copied into the job directory.
+    parent_adapter: str | None = None
 
     @property
     def fine_tuned_model(self) -> str:
@@ -166,6 +176,11 @@ class JobPaths:
     @property
     def adapter(self) -> Path:
         return self.root / "adapter"
+
+    @property
+    def parent_adapter(self) -> Path:
+        """A copy of the starting fine-tune's adapter: the job outlives that model's files."""
+        return self.root / "parent-adapter"
 
     @property
     def best_adapter(self) -> Path:

@@ -92,21 +92,64 @@ class AssistantTokenLoss(nn.Module):
         targets: torch.Tensor,
         segment_lengths: list[int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        causal_lm = self.model.get_base_model()
-        # No cache: with one, transformers skips the packed-sequence mask and rows leak.
-        hidden = causal_lm.base_model(
-            input_ids=input_ids,
-            position_ids=position_ids,
-            use_cache=False,
-            segment_lengths=segment_lengths,
-        ).last_hidden_state
-        selected = targets != IGNORE_INDEX
-        head = causal_lm.get_output_embeddings()
-        logits = _final_logits(causal_lm.config, head(hidden[selected]))
-        labels = targets[selected]
+        logits, labels, _ = _target_logits(
+            self.model, input_ids, position_ids, targets, segment_lengths
+        )
         loss_sum = functional.cross_entropy(logits.float(), labels, reduction="sum")
         correct = (logits.detach().argmax(-1) == labels).sum()
         return loss_sum, correct
+
+
+class SequenceLogProbs(nn.Module):
+    """Each packed example's summed log-probability of its target tokens: what DPO compares.
+
+    Like ``AssistantTokenLoss``, the LM head runs on target positions only; the per-token
+    log-probabilities are then added up per segment of the packed row.
+    """
+
+    def __init__(self, model: PeftModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        targets: torch.Tensor,
+        segment_lengths: list[int],
+    ) -> torch.Tensor:
+        logits, labels, selected = _target_logits(
+            self.model, input_ids, position_ids, targets, segment_lengths
+        )
+        token_log_probs = -functional.cross_entropy(logits.float(), labels, reduction="none")
+        segments = torch.repeat_interleave(
+            torch.arange(len(segment_lengths), device=input_ids.device),
+            torch.tensor(segment_lengths, device=input_ids.device),
+        )
+        sums = torch.zeros(len(segment_lengths), device=input_ids.device)
+        return sums.index_add(0, segments[selected[0]], token_log_probs)
+
+
+def _target_logits(
+    model: PeftModel,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    targets: torch.Tensor,
+    segment_lengths: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, labels) at the target positions of a packed row, and those positions."""
+    causal_lm = model.get_base_model()
+    # No cache: with one, transformers skips the packed-sequence mask and rows leak.
+    hidden = causal_lm.base_model(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        use_cache=False,
+        segment_lengths=segment_lengths,
+    ).last_hidden_state
+    selected = targets != IGNORE_INDEX
+    head = causal_lm.get_output_embeddings()
+    logits = _final_logits(causal_lm.config, head(hidden[selected]))
+    return logits, targets[selected], selected
 
 
 def _final_logits(config: Any, logits: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from tuneforge.providers.contract import DatasetFigures
+from tuneforge.providers.contract import SUPERVISED, DatasetFigures
 from tuneforge.providers.local.auto import resolve_local
 from tuneforge.providers.local.jobdir import LocalHyperparameters
 from tuneforge.providers.local.stopping import resolve_patience
@@ -53,6 +53,7 @@ def resolve_plan(
     mean_example_tokens: float,
     holdout_examples: int,
     valid_tokens: int,
+    method: str = SUPERVISED,
 ) -> Plan:
     """Concrete numbers for "auto" and the schedule; a batch always feeds every process.
 
@@ -61,7 +62,7 @@ def resolve_plan(
     more often than every ``EVAL_COST_RATIO`` held-out sets' worth of trained tokens, so
     long held-out examples (tool definitions) cannot make evaluating cost more than training.
     """
-    resolved = resolve_local(hp, DatasetFigures(n_examples, mean_example_tokens))
+    resolved = resolve_local(hp, DatasetFigures(n_examples, mean_example_tokens), method)
     batch_size = min(max(resolved.batch_size, world_size), n_examples)
     if batch_size < world_size:
         raise ValueError(f"{n_examples} examples cannot feed {world_size} processes")

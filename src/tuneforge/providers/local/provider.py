@@ -29,6 +29,8 @@ from tuneforge.config import Settings
 from tuneforge.errors import InvalidInput, TuneForgeError
 from tuneforge.providers.catalog import LOCAL_PROVIDER, list_base_models
 from tuneforge.providers.contract import (
+    SUPERVISED,
+    TRAINING_METHODS,
     BaseModelInfo,
     DatasetFigures,
     ModelUnavailable,
@@ -86,6 +88,7 @@ class LocalProvider:
     """LoRA training in a child process of the worker, polled every couple of seconds."""
 
     name = LOCAL_PROVIDER
+    methods = frozenset(TRAINING_METHODS)
     runs_in_worker = True
     can_pause = True
     serves_models_here = True
@@ -145,9 +148,9 @@ class LocalProvider:
             )
 
     def resolve_hyperparameters(
-        self, requested: dict[str, Any], figures: DatasetFigures
+        self, requested: dict[str, Any], figures: DatasetFigures, *, method: str = SUPERVISED
     ) -> ResolvedHyperparameters:
-        return resolve_local(parse_local_hyperparameters(requested), figures)
+        return resolve_local(parse_local_hyperparameters(requested), figures, method)
 
     def upload_training_file(self, path: Path, *, idempotency_key: str) -> str:
         """Copy the exported JSONL where the job will read it; the id is that path."""
@@ -332,6 +335,8 @@ class LocalProvider:
         _link_or_copy(Path(request.training_file_id), paths.train_file)
         if request.validation_file_id:
             _link_or_copy(Path(request.validation_file_id), paths.valid_file)
+        if request.parent_model is not None and not paths.parent_adapter.is_dir():
+            self._copy_parent_adapter(request.parent_model, paths.parent_adapter)
         seed = request.seed if request.seed is not None else 42
         write_spec(
             paths,
@@ -344,8 +349,26 @@ class LocalProvider:
                 has_validation=bool(request.validation_file_id),
                 suffix=request.suffix,
                 owner=request.owner or "tuneforge",
+                method=request.method,
+                parent_adapter=(
+                    str(paths.parent_adapter.resolve()) if request.parent_model else None
+                ),
             ),
         )
+
+    def _copy_parent_adapter(self, parent_model: str, target: Path) -> None:
+        """Keep the starting fine-tune's adapter with the job: a resume must find it even
+        if that model's files have gone since."""
+        source = self._adapter_dir(parent_model)
+        if not (source / "adapter_config.json").is_file():
+            raise ProviderError(
+                f"The fine-tune {parent_model!r} this job starts from has no adapter at {source}",
+                code="model_not_found",
+            )
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        tmp.replace(target)
 
     def _spawn(self, paths: JobPaths, *, attempt: int) -> _Child:
         # Written before the child exists, so no poll sees a previous attempt's final state.

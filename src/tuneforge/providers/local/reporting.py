@@ -13,7 +13,6 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuneforge.providers.local.data import EncodedDataset
 from tuneforge.providers.local.jobdir import JobPaths, ProgressLog, read_spec, update_status
 
 if TYPE_CHECKING:
@@ -35,22 +34,23 @@ class Reporter:
         if self._log is not None:
             self._log.emit(event_type, message, **kwargs)
 
-    def dataset(self, train: EncodedDataset, max_seq_length: int) -> None:
-        if train.truncated:
+    def dataset(self, truncated: int, dropped: int, max_seq_length: int) -> None:
+        """Say how many training examples (or preference pairs) truncation cut or emptied."""
+        if truncated:
             self._emit(
                 "truncation",
-                f"{train.truncated} training examples were longer than {max_seq_length} tokens "
+                f"{truncated} training examples were longer than {max_seq_length} tokens "
                 "and were truncated",
                 level="warning",
-                data={"truncated": train.truncated, "max_seq_length": max_seq_length},
+                data={"truncated": truncated, "max_seq_length": max_seq_length},
             )
-        if train.dropped:
+        if dropped:
             self._emit(
                 "truncation",
-                f"{train.dropped} training examples had no assistant tokens left to learn "
+                f"{dropped} training examples had no assistant tokens left to learn "
                 "and were skipped",
                 level="warning",
-                data={"dropped": train.dropped},
+                data={"dropped": dropped},
             )
 
     def started(self, plan: Plan, start_step: int, trained_tokens: int) -> None:

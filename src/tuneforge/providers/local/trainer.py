@@ -9,100 +9,55 @@ CPU 2.6x faster than a default Trainer with 2 padded examples per forward, in 0.
 memory, to the same held-out loss; 1.3x a Trainer told to use bf16 too
 (``benchmarks/train_throughput.py [--hf-bf16]``).
 
-One optimizer step is ``batch_size`` examples, OpenAI's meaning, whatever the number of
-processes: every rank computes the same plan for the step, takes a token-balanced share,
-and divides its summed loss by the step's global target count, so gradients (averaged by
-DDP) equal those of one process. Random draws are reseeded from (seed, step, rank) each
-step, which makes a resumed run repeat an uninterrupted one.
+The loop here is the same for every method; what a step computes is the run's
+objective: ``supervised.py`` (cross-entropy on assistant turns) or ``dpo.py`` (preference
+pairs). Every rank computes the same plan for each step and takes a token-balanced share
+of its items; random draws are reseeded from (seed, step, rank) each step, which makes a
+resumed run repeat an uninterrupted one. Held-out evaluation, early stopping on
+``valid_loss``, checkpoints and the best step work alike for both objectives.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedTokenizerBase,
-    get_linear_schedule_with_warmup,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
 
+from tuneforge.providers.contract import AUTO_BETA, DPO
 from tuneforge.providers.local.checkpoints import (
     latest_checkpoint,
-    load_adapter_weights,
     restore_checkpoint,
     save_adapter,
     save_best_adapter,
     save_checkpoint,
 )
-from tuneforge.providers.local.data import (
-    EncodedExample,
-    encode_dataset,
-    pack_examples,
-    plan_micro_batches,
-    read_chat_jsonl,
+from tuneforge.providers.local.data import encode_dataset, read_chat_jsonl
+from tuneforge.providers.local.dpo import PreferenceObjective, encode_pairs
+from tuneforge.providers.local.jobdir import JobPaths, JobSpec, LocalHyperparameters, read_spec
+from tuneforge.providers.local.modeling import (
+    AssistantTokenLoss,
+    SequenceLogProbs,
+    use_segment_attention,
 )
-from tuneforge.providers.local.jobdir import JobPaths, LocalHyperparameters, read_spec
-from tuneforge.providers.local.modeling import AssistantTokenLoss, use_segment_attention
-from tuneforge.providers.local.plan import Plan, resolve_plan, step_indices
+from tuneforge.providers.local.plan import resolve_plan
 from tuneforge.providers.local.reporting import Reporter
-from tuneforge.providers.local.runtime import Runtime, cpu_has_native_bf16, start_runtime
+from tuneforge.providers.local.runtime import Runtime, start_runtime
+from tuneforge.providers.local.stacking import (
+    AdapterFiles,
+    PlainAdapterFiles,
+    StackedAdapterFiles,
+    merge_parent_adapter,
+)
+from tuneforge.providers.local.steps import Objective, StopCheck, TrainingRun
 from tuneforge.providers.local.stopping import EarlyStopping, holdout_indices
+from tuneforge.providers.local.supervised import SupervisedObjective
 
-MAX_GRAD_NORM = 1.0
 MAX_SKIPPED_STEPS = 3  # consecutive non-finite steps before a run counts as diverged
-
-StopCheck = Callable[[], bool]
-
-
-def shard_for_rank(lengths: list[int], indices: list[int], world_size: int, rank: int) -> list[int]:
-    """Longest first to the least-loaded rank: balanced tokens, at least one example each."""
-    loads = [0] * world_size
-    shards: list[list[int]] = [[] for _ in range(world_size)]
-    for index in sorted(indices, key=lambda i: (-lengths[i], i)):
-        target = min(range(world_size), key=lambda r: (len(shards[r]) > 0, loads[r], r))
-        shards[target].append(index)
-        loads[target] += lengths[index]
-    return shards[rank]
-
-
-@dataclass
-class TrainingRun:
-    """The live training objects of one run."""
-
-    runtime: Runtime
-    plan: Plan
-    tokenizer: PreTrainedTokenizerBase
-    model: PeftModel
-    loss_model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    train: list[EncodedExample]
-    valid: list[EncodedExample]
-    micro_batch_tokens: int
-    seed: int
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 mixed precision where the hardware computes in bf16 natively, else fp32.
-
-        The LoRA weights, gradients and optimizer state stay fp32; only the matmuls and
-        attention run in bf16, which roughly halves a CPU step on AVX512-BF16/AMX cores.
-        """
-        device = self.runtime.device.type
-        if device == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        if device == "cpu" and cpu_has_native_bf16():
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
 
 def build_run(paths: JobPaths, runtime: Runtime, reporter: Reporter) -> TrainingRun:
@@ -110,6 +65,7 @@ def build_run(paths: JobPaths, runtime: Runtime, reporter: Reporter) -> Training
     hp = LocalHyperparameters.model_validate(spec.hyperparameters)
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model_path)
     base = AutoModelForCausalLM.from_pretrained(spec.base_model_path, dtype=torch.float32)
+    adapter_files = _start_from_parent(base, spec)
     use_segment_attention(base)
     context_length = int(getattr(base.config, "max_position_embeddings", 0) or 2048)
     max_len = min(hp.max_seq_length or context_length, context_length)
@@ -120,24 +76,28 @@ def build_run(paths: JobPaths, runtime: Runtime, reporter: Reporter) -> Training
         [] if spec.has_validation else holdout_indices(len(lines), hp.holdout_fraction, spec.seed)
     )
     chosen = set(held_out_positions)
-    train = encode_dataset(tokenizer, [x for i, x in enumerate(lines) if i not in chosen], max_len)
-    if spec.has_validation:
-        valid = encode_dataset(tokenizer, read_chat_jsonl(paths.valid_file), max_len).examples
-    else:
-        valid = encode_dataset(tokenizer, [lines[i] for i in held_out_positions], max_len).examples
-    if not train.examples:
+    train_lines = [x for i, x in enumerate(lines) if i not in chosen]
+    valid_lines = (
+        read_chat_jsonl(paths.valid_file)
+        if spec.has_validation
+        else [lines[i] for i in held_out_positions]
+    )
+    objective, lengths, valid_tokens, encoded = _objective(
+        spec, hp, tokenizer, train_lines, valid_lines, max_len
+    )
+    if not lengths:
         raise ValueError("No training example has an assistant turn to learn from")
-    examples = train.examples
     plan = resolve_plan(
         hp,
-        len(examples),
+        len(lengths),
         max_len,
         runtime.world_size,
-        mean_example_tokens=sum(e.length for e in examples) / len(examples),
+        mean_example_tokens=sum(lengths) / len(lengths),
         holdout_examples=len(held_out_positions),
-        valid_tokens=sum(e.length for e in valid),
+        valid_tokens=valid_tokens,
+        method=spec.method,
     )
-    reporter.dataset(train, plan.max_seq_length)
+    reporter.dataset(encoded[0], encoded[1], plan.max_seq_length)
     if not spec.has_validation:
         reporter.holdout(held_out_positions, len(lines), hp.holdout_fraction)
     torch.manual_seed(spec.seed)  # identical LoRA initialisation on every rank
@@ -151,7 +111,7 @@ def build_run(paths: JobPaths, runtime: Runtime, reporter: Reporter) -> Training
     )
     model = get_peft_model(base, lora).to(runtime.device)
     model.train()
-    loss_model: nn.Module = AssistantTokenLoss(model)
+    loss_model: nn.Module = (SequenceLogProbs if spec.method == DPO else AssistantTokenLoss)(model)
     if runtime.distributed:
         device_ids = [runtime.local_rank] if runtime.device.type == "cuda" else None
         loss_model = nn.parallel.DistributedDataParallel(loss_model, device_ids=device_ids)
@@ -167,97 +127,50 @@ def build_run(paths: JobPaths, runtime: Runtime, reporter: Reporter) -> Training
         loss_model=loss_model,
         optimizer=optimizer,
         scheduler=scheduler,
-        train=examples,
-        valid=valid,
+        objective=objective,
+        adapter_files=adapter_files,
         micro_batch_tokens=hp.micro_batch_tokens,
         seed=spec.seed,
     )
 
 
-def train_step(run: TrainingRun, step: int, stop: StopCheck) -> dict[str, float] | None:
-    """One optimizer step (0-based); None when a stop request interrupted it."""
-    rt, examples = run.runtime, run.train
-    torch.manual_seed(run.seed * 1_000_003 + step * 1_009 + rt.rank)
-    indices = step_indices(run.plan, len(examples), run.seed, step)
-    lengths = [e.length for e in examples]
-    shard = shard_for_rank(lengths, indices, rt.world_size, rt.rank)
-    scale = rt.world_size / sum(examples[i].n_targets for i in indices)
-    micro_batches = plan_micro_batches(lengths, shard, run.micro_batch_tokens)
-    totals = torch.zeros(3, device=rt.device)  # loss sum, correct tokens, stop votes
-    started = time.perf_counter()
-    for number, row in enumerate(micro_batches):
-        batch = pack_examples(examples, row)
-        last = number == len(micro_batches) - 1
-        no_sync = getattr(run.loss_model, "no_sync", None)
-        sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
-        with sync:
-            with run.autocast():
-                loss_sum, correct = run.loss_model(
-                    batch.input_ids.to(rt.device),
-                    batch.position_ids.to(rt.device),
-                    batch.targets.to(rt.device),
-                    batch.segment_lengths,
-                )
-            (loss_sum * scale).backward()
-        totals[0] += loss_sum.detach()
-        totals[1] += correct
-        if not rt.distributed and stop():
-            run.optimizer.zero_grad(set_to_none=True)
-            return None
-    learning_rate = run.optimizer.param_groups[0]["lr"]
-    grad_norm = torch.nn.utils.clip_grad_norm_(
-        [p for p in run.model.parameters() if p.requires_grad], MAX_GRAD_NORM
+def _start_from_parent(base: nn.Module, spec: JobSpec) -> AdapterFiles:
+    """Merge the fine-tune the job starts from into ``base``; how adapters are then written."""
+    if spec.parent_adapter is None:
+        return PlainAdapterFiles()
+    parent = merge_parent_adapter(base, Path(spec.parent_adapter))
+    return StackedAdapterFiles(parent, spec.base_model_path)
+
+
+def _objective(
+    spec: JobSpec,
+    hp: LocalHyperparameters,
+    tokenizer: AutoTokenizer,
+    train_lines: list[dict],
+    valid_lines: list[dict],
+    max_len: int,
+) -> tuple[Objective, list[int], int, tuple[int, int]]:
+    """The run's objective, its training items' lengths, the held-out tokens, and how many
+    training items were (truncated, dropped)."""
+    if spec.method == DPO:
+        train_pairs = encode_pairs(tokenizer, train_lines, max_len)
+        valid_pairs = encode_pairs(tokenizer, valid_lines, max_len).pairs
+        beta = hp.beta if isinstance(hp.beta, float) else AUTO_BETA
+        objective: Objective = PreferenceObjective(train_pairs.pairs, valid_pairs, beta)
+        return (
+            objective,
+            [pair.length for pair in train_pairs.pairs],
+            sum(pair.length for pair in valid_pairs),
+            (train_pairs.truncated, train_pairs.dropped),
+        )
+    train = encode_dataset(tokenizer, train_lines, max_len)
+    valid = encode_dataset(tokenizer, valid_lines, max_len).examples
+    return (
+        SupervisedObjective(train.examples, valid),
+        [e.length for e in train.examples],
+        sum(e.length for e in valid),
+        (train.truncated, train.dropped),
     )
-    # DDP has already averaged the gradients, so every rank takes the same decision.
-    finite = bool(torch.isfinite(grad_norm))
-    if finite:
-        run.optimizer.step()
-    run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    totals[2] = float(stop())
-    if rt.distributed:
-        dist.all_reduce(totals)
-    loss_sum_total, correct_total, stop_votes = totals.tolist()
-    n_targets = sum(examples[i].n_targets for i in indices)
-    tokens = sum(lengths[i] for i in indices)
-    seconds = time.perf_counter() - started
-    return {
-        "train_loss": loss_sum_total / n_targets,
-        "train_mean_token_accuracy": correct_total / n_targets,
-        "learning_rate": learning_rate,
-        "tokens_per_second": tokens / seconds,
-        "grad_norm": float(grad_norm),
-        "tokens": float(tokens),
-        "stop": stop_votes,
-    }
-
-
-@torch.no_grad()
-def evaluate(run: TrainingRun) -> dict[str, float]:
-    """Mean loss and token accuracy over the validation set, split across ranks."""
-    rt, examples = run.runtime, run.valid
-    loss_model = getattr(run.loss_model, "module", run.loss_model)
-    run.model.eval()
-    totals = torch.zeros(3, device=rt.device)
-    mine = list(range(rt.rank, len(examples), rt.world_size))
-    lengths = [e.length for e in examples]
-    for row in plan_micro_batches(lengths, mine, run.micro_batch_tokens):
-        batch = pack_examples(examples, row)
-        with run.autocast():
-            loss_sum, correct = loss_model(
-                batch.input_ids.to(rt.device),
-                batch.position_ids.to(rt.device),
-                batch.targets.to(rt.device),
-                batch.segment_lengths,
-            )
-        totals[0] += loss_sum.float()
-        totals[1] += correct
-        totals[2] += batch.n_targets
-    if rt.distributed:
-        dist.all_reduce(totals)
-    run.model.train()
-    loss_sum, correct, count = totals.tolist()
-    return {"valid_loss": loss_sum / count, "valid_mean_token_accuracy": correct / count}
 
 
 def run_training(paths: JobPaths, stop: StopCheck) -> str:
@@ -281,7 +194,9 @@ def _train(paths: JobPaths, runtime: Runtime, reporter: Reporter, stop: StopChec
     start_step, trained_tokens, stopping_state = 0, 0, None
     checkpoint = latest_checkpoint(paths)
     if checkpoint is not None:
-        restored = restore_checkpoint(checkpoint, run.model, run.optimizer, run.scheduler)
+        restored = restore_checkpoint(
+            checkpoint, run.model, run.adapter_files, run.optimizer, run.scheduler
+        )
         trained_tokens, stopping_state = restored.trained_tokens, restored.early_stopping
         start_step = checkpoint.step
     stopper = EarlyStopping.restore(
@@ -294,14 +209,15 @@ def _train(paths: JobPaths, runtime: Runtime, reporter: Reporter, stop: StopChec
     last_metrics: dict[str, float] = {}
     if not runtime.distributed and stop():
         return _stopped(run, reporter, stopper, start_step, trained_tokens, {}, save=False)
-    if start_step == 0 and run.valid:  # the base model's figures: every chart starts there
-        baseline = _finite(evaluate(run))
+    objective = run.objective
+    if start_step == 0 and objective.held_out:  # the start's figures: every chart starts there
+        baseline = _finite(objective.evaluate(run))
         reporter.step(0, baseline, 0)
         _judge(paths, run, reporter, stopper, 0, baseline)
     for step in range(start_step, plan.total_steps):
         if step % plan.steps_per_epoch == 0 or step == start_step:
             reporter.epoch(step // plan.steps_per_epoch + 1, plan.n_epochs, step)
-        metrics = train_step(run, step, stop)
+        metrics = objective.train_step(run, step, stop)
         if metrics is None:  # interrupted mid-step: the weights are those after ``step``
             return _stopped(run, reporter, stopper, step, trained_tokens, last_metrics)
         stop_votes = metrics.pop("stop")
@@ -320,9 +236,11 @@ def _train(paths: JobPaths, runtime: Runtime, reporter: Reporter, stop: StopChec
                     "gradients; try a lower learning_rate_multiplier"
                 )
             reporter.skipped(done)
-        evaluated = bool(run.valid) and (done % plan.eval_every == 0 or done == plan.total_steps)
+        evaluated = bool(objective.held_out) and (
+            done % plan.eval_every == 0 or done == plan.total_steps
+        )
         if evaluated:
-            metrics |= evaluate(run)
+            metrics |= objective.evaluate(run)
         metrics = _finite(metrics)
         last_metrics = metrics
         reporter.step(done, metrics, trained_tokens)
@@ -333,6 +251,7 @@ def _train(paths: JobPaths, runtime: Runtime, reporter: Reporter, stop: StopChec
                 paths,
                 step=done,
                 model=run.model,
+                files=run.adapter_files,
                 optimizer=run.optimizer,
                 scheduler=run.scheduler,
                 trained_tokens=trained_tokens,
@@ -343,8 +262,8 @@ def _train(paths: JobPaths, runtime: Runtime, reporter: Reporter, stop: StopChec
     best_step = stopper.best_step
     if runtime.is_main:
         if best_step is not None and best_step != done:
-            load_adapter_weights(run.model, paths.best_adapter)
-        save_adapter(paths, run.model, run.tokenizer)
+            run.adapter_files.load(run.model, paths.best_adapter)
+        save_adapter(paths, run.model, run.adapter_files, run.tokenizer)
     reporter.succeeded(trained_tokens, best_step=best_step, best_valid_loss=stopper.best_loss)
     return "succeeded"
 
@@ -370,6 +289,7 @@ def _stopped(
             paths,
             step=step,
             model=run.model,
+            files=run.adapter_files,
             optimizer=run.optimizer,
             scheduler=run.scheduler,
             trained_tokens=trained_tokens,
@@ -395,7 +315,7 @@ def _judge(
         return False
     verdict = stopper.observe(step, valid_loss)
     if verdict.improved and run.runtime.is_main:
-        save_best_adapter(paths, run.model)
+        save_best_adapter(paths, run.model, run.adapter_files)
     if verdict.overfitting:
         reporter.overfitting(step, valid_loss, stopper)
     if verdict.stop:

@@ -101,6 +101,8 @@ def _import_filter_data(form: FormData) -> dict[str, Any]:
         data["started_to"] = (end + timedelta(days=1)).isoformat()
     if form.get("min_rating"):
         data["min_rating"] = form["min_rating"]
+    if form.get("kind"):
+        data["kind"] = form["kind"]
     tags = [t.strip() for t in str(form.get("tags") or "").split(",") if t.strip()]
     if tags:
         data["tags"] = tags

@@ -13,6 +13,8 @@ from tuneforge.db.session import SessionDep
 from tuneforge.db.tables.models import ModelStatus
 from tuneforge.errors import InvalidInput
 from tuneforge.evals import service as evals_service
+from tuneforge.exports import service as exports_service
+from tuneforge.exports.schemas import ExportCreate
 from tuneforge.inference import service as inference_service
 from tuneforge.inference.deps import RuntimeDep
 from tuneforge.inference.schemas import AgentChatRequest
@@ -29,6 +31,7 @@ PAGE_SIZE = 20
 AGENT_CHOICES = 100
 BASE = "/dashboard/fine-tuning/models"
 TRY_MAX_TOKENS = 128
+EXPORTS_SHOWN = 10
 
 NextField = Annotated[str, Form(alias="next")]
 AgentField = Annotated[str, Form()]
@@ -97,6 +100,7 @@ def model_detail(
         "agents": _agents(session, org),
         "served_here": served_here,
         "can_try": served_here and bool(item.agents),
+        "exports": _exports(session, org, item.model.id) if served_here else None,
         "usage_series": [
             {
                 "date": day.date.isoformat(),
@@ -195,6 +199,61 @@ def try_model(
     reply = inference_service.chat_with_agent(runtime, org, agent_id, body)
     context = {"message": message, "reply": reply}
     return render(request, "models/_chat_turn.html", context, principal=principal)
+
+
+def _exports(session: SessionDep, organization_id: str, model_id: str) -> list[Any]:
+    exports, _ = exports_service.list_exports(
+        session, organization_id, model_id, limit=EXPORTS_SHOWN, offset=0
+    )
+    return exports
+
+
+@router.get("/{model_id}/exports")
+def model_exports(
+    model_id: str, request: Request, principal: WebPrincipal, session: SessionDep
+) -> Response:
+    """The model's exports, polled while one is queued or being written."""
+    item = models_service.get_model(session, principal.organization_id, model_id)
+    context = {"item": item, "exports": _exports(session, principal.organization_id, model_id)}
+    return render(request, "models/_exports.html", context, principal=principal)
+
+
+@router.post("/{model_id}/exports")
+def create_export(
+    model_id: str,
+    request: Request,
+    principal: WebPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    export_format: Annotated[str, Form(alias="format", max_length=20)] = "",
+    quantization: Annotated[str, Form(max_length=20)] = "",
+    agent_id: Annotated[str, Form(max_length=32)] = "",
+) -> Response:
+    body = parse_form(
+        ExportCreate,
+        {
+            "format": export_format,
+            "quantization": quantization or None,
+            "agent_id": agent_id or None,
+        },
+    )
+    org = principal.organization_id
+    exports_service.create_export(session, settings, org, principal.user_id, model_id, body)
+    return _back(request, model_id, "")
+
+
+@router.post("/{model_id}/exports/{export_id}/delete")
+def delete_export(
+    model_id: str,
+    export_id: str,
+    request: Request,
+    principal: WebPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> Response:
+    org = principal.organization_id
+    exports_service.delete_export(session, settings, org, model_id, export_id)
+    return _back(request, model_id, "")
 
 
 @router.post("/{model_id}/delete")

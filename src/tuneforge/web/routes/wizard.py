@@ -1,5 +1,7 @@
-"""The new-job wizard: pick a valid dataset, choose model and hyperparameters, review the
-estimate, create. Each step is a plain page, so Back and reload always work."""
+"""The new-job wizard: pick a valid dataset, choose the method (supervised, or preference
+(DPO) for a dataset of preference pairs), the model (a base model, or one of the
+organization's fine-tunes to train on top of) and hyperparameters, review the estimate,
+create. Each step is a plain page, so Back and reload always work."""
 
 from __future__ import annotations
 
@@ -9,20 +11,24 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from tuneforge.auth.service import Principal
 from tuneforge.config import Settings
 from tuneforge.datasets import service as datasets_service
 from tuneforge.db.session import SessionDep
-from tuneforge.db.tables.datasets import DatasetStatus, FineTuningDataset
+from tuneforge.db.tables.datasets import DatasetKind, DatasetStatus, FineTuningDataset
+from tuneforge.db.tables.models import ModelStatus
 from tuneforge.errors import InvalidInput, TuneForgeError
 from tuneforge.jobs import service as jobs_service
-from tuneforge.jobs.schemas import EstimateRequest, JobCreate
+from tuneforge.jobs.schemas import EstimateRequest, JobCreate, Method
+from tuneforge.models import service as models_service
 from tuneforge.providers.catalog import find_base_model, list_base_models
 from tuneforge.providers.contract import (
-    Hyperparameters,
-    RequestedHyperparameters,
+    DPO,
+    SUPERVISED,
+    DpoHyperparameters,
     ResolvedHyperparameters,
 )
 from tuneforge.providers.registry import provider_names
@@ -34,8 +40,10 @@ from tuneforge.web.templating import render
 router = APIRouter(prefix="/dashboard/fine-tuning/jobs/new")
 
 HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
-FIELDS = ("dataset_id", "model", "provider", "name", "suffix", *HYPERPARAMETERS)
+FIELDS = ("dataset_id", "method", "model", "provider", "name", "suffix", *HYPERPARAMETERS, "beta")
 DATASET_CHOICES = 100
+MODEL_CHOICES = 100
+METHODS = {SUPERVISED: "Supervised", DPO: "Preference (DPO)"}
 
 
 def wizard_url(values: dict[str, str]) -> str:
@@ -52,31 +60,38 @@ def _number(name: str, raw: str) -> int | float | str:
     if raw in ("", "auto"):
         return "auto"
     try:
-        return float(raw) if name == "learning_rate_multiplier" else int(raw)
+        return float(raw) if name in ("learning_rate_multiplier", "beta") else int(raw)
     except ValueError:
         return raw
 
 
-def _hyperparameters(
-    values: dict[str, str],
-) -> tuple[RequestedHyperparameters | None, dict[str, str]]:
-    """Each field checked alone so every bad one gets its own message."""
+def _method(values: dict[str, str]) -> str:
+    return DPO if values["method"] == DPO else SUPERVISED
+
+
+def _hyperparameters(values: dict[str, str]) -> tuple[Method | None, dict[str, str]]:
+    """The method with its hyperparameters; each field checked alone so every bad one gets
+    its own message. Beta belongs to DPO: given for a supervised job, it is refused."""
     errors: dict[str, str] = {}
     parsed: dict[str, Any] = {}
-    for name in HYPERPARAMETERS:
+    method = _method(values)
+    names = (*HYPERPARAMETERS, "beta") if method == DPO else HYPERPARAMETERS
+    for name in names:
         candidate = {name: _number(name, values[name])}
         try:
-            Hyperparameters.model_validate(candidate)
+            DpoHyperparameters.model_validate(candidate)
             parsed.update(candidate)
         except ValidationError:
-            errors[name] = f"Use {Hyperparameters.model_fields[name].description}"
+            errors[name] = f"Use {DpoHyperparameters.model_fields[name].description}"
+    if method != DPO and values["beta"] not in ("", "auto"):
+        errors["beta"] = "Beta applies to preference (DPO) training only"
     if errors:
         return None, errors
-    return RequestedHyperparameters.model_validate(parsed), errors
+    return Method.model_validate({"type": method, method: {"hyperparameters": parsed}}), errors
 
 
 def _job_request(values: dict[str, str]) -> tuple[JobCreate | None, dict[str, str]]:
-    hyperparameters, errors = _hyperparameters(values)
+    method, errors = _hyperparameters(values)
     data = {
         "dataset_id": values["dataset_id"],
         "model": values["model"],
@@ -88,28 +103,39 @@ def _job_request(values: dict[str, str]) -> tuple[JobCreate | None, dict[str, st
         request = JobCreate.model_validate(data)
     except ValidationError as exc:
         return None, {**field_errors(exc), **errors}
-    if hyperparameters is None:
+    if method is None:
         return None, errors
-    return request.model_copy(update={"hyperparameters": hyperparameters}), {}
+    return request.model_copy(update={"method": method}), {}
+
+
+def _requested(method: Method | None) -> dict[str, Any]:
+    settings = getattr(method, method.type) if method is not None else None
+    return settings.hyperparameters.model_dump() if settings is not None else {}
 
 
 def _step_two(
     request: Request,
     principal: Principal,
+    session: Session,
     settings: Settings,
     dataset: FineTuningDataset,
     values: dict[str, str],
     errors: dict[str, str],
     status_code: int = 200,
 ) -> Response:
-    requested, _ = _hyperparameters(values)
-    auto = _auto_hints(settings, dataset, values, requested or Hyperparameters())
+    method, _ = _hyperparameters(values)
+    auto = _auto_hints(session, principal, settings, dataset, values, _requested(method))
+    fine_tuned, _ = models_service.list_models(
+        session, principal.organization_id, status=ModelStatus.ACTIVE, limit=MODEL_CHOICES
+    )
     context = {
         "step": 2,
         "dataset": dataset,
         "values": values,
         "errors": errors,
+        "methods": METHODS,
         "base_models": list_base_models(settings),
+        "fine_tuned_models": [entry.model for entry in fine_tuned],
         "providers": provider_names(),
         "auto": auto,
     }
@@ -147,29 +173,33 @@ def wizard(
     dataset = datasets_service.require_valid_dataset(session, org, dataset_id)
     values = _values(dict(request.query_params))
     values["model"] = values["model"] or dataset.target_model or ""
-    return _step_two(request, principal, settings, dataset, values, {})
+    if not values["method"]:  # preference pairs train with DPO
+        values["method"] = DPO if dataset.kind is DatasetKind.PREFERENCE else SUPERVISED
+    return _step_two(request, principal, session, settings, dataset, values, {})
 
 
 def _auto_hints(
+    session: Session,
+    principal: Principal,
     settings: Settings,
     dataset: FineTuningDataset,
     values: dict[str, str],
-    requested: Hyperparameters,
+    requested: dict[str, Any],
 ) -> ResolvedHyperparameters:
-    """What "auto" becomes for the chosen model's provider; until a valid model is chosen,
-    for the built-in local model's."""
+    """What "auto" becomes for the chosen model's provider and method; until a valid model
+    is chosen, for the built-in local model's."""
+    method = _method(values)
     try:
-        return jobs_service.preview_hyperparameters(
-            settings,
-            dataset,
+        start = jobs_service.starting_point(
+            session,
+            principal.organization_id,
             values["model"] or DEFAULT_MODEL,
             values["provider"] or None,
-            requested.model_dump(),
         )
+        return jobs_service.preview_hyperparameters(settings, dataset, start, requested, method)
     except InvalidInput:
-        return jobs_service.preview_hyperparameters(
-            settings, dataset, DEFAULT_MODEL, None, requested.model_dump()
-        )
+        start = jobs_service.StartingPoint(DEFAULT_MODEL, None)
+        return jobs_service.preview_hyperparameters(settings, dataset, start, requested, method)
 
 
 @router.post("/review")
@@ -185,19 +215,26 @@ def review(
     dataset = datasets_service.require_valid_dataset(session, org, values["dataset_id"])
     job_request, errors = _job_request(values)
     if job_request is None:
-        return _step_two(request, principal, settings, dataset, values, errors, 422)
+        return _step_two(request, principal, session, settings, dataset, values, errors, 422)
     try:
-        base_model = find_base_model(job_request.model, settings)
+        start = jobs_service.starting_point(session, org, job_request.model, job_request.provider)
+        base_model = find_base_model(start.base_model, settings)
     except InvalidInput as exc:
-        return _step_two(request, principal, settings, dataset, values, {"model": exc.detail}, 422)
-    provider = job_request.provider or base_model.provider
+        errors = {str(exc.extra.get("field") or "model"): exc.detail}
+        return _step_two(request, principal, session, settings, dataset, values, errors, 422)
+    provider = start.provider or base_model.provider
+    method = _method(values)
     try:
         resolved = jobs_service.preview_hyperparameters(
-            settings, dataset, job_request.model, provider, job_request.hyperparameters.model_dump()
+            settings,
+            dataset,
+            jobs_service.StartingPoint(start.base_model, provider, start.parent),
+            _requested(job_request.method),
+            method,
         )
     except InvalidInput as exc:
         errors = {"provider": exc.detail}
-        return _step_two(request, principal, settings, dataset, values, errors, 422)
+        return _step_two(request, principal, session, settings, dataset, values, errors, 422)
     estimate, estimate_problem = None, None
     try:
         estimate = jobs_service.estimate_job(
@@ -205,9 +242,7 @@ def review(
             settings,
             org,
             EstimateRequest(
-                dataset_id=dataset.id,
-                model=job_request.model,
-                hyperparameters=job_request.hyperparameters,
+                dataset_id=dataset.id, model=job_request.model, method=job_request.method
             ),
         )
     except InvalidInput as exc:
@@ -221,6 +256,8 @@ def review(
         "estimate": estimate,
         "estimate_problem": estimate_problem,
         "provider": provider,
+        "parent": start.parent,
+        "method_label": METHODS[method],
         "resolved": resolved,
         "back_url": wizard_url(values),
     }
@@ -240,10 +277,11 @@ def create(
     dataset = datasets_service.require_valid_dataset(session, org, values["dataset_id"])
     job_request, errors = _job_request(values)
     if job_request is None:
-        return _step_two(request, principal, settings, dataset, values, errors, 422)
+        return _step_two(request, principal, session, settings, dataset, values, errors, 422)
     try:
         job = jobs_service.create_job(session, settings, org, principal.user_id, job_request)
     except TuneForgeError as exc:
         field = str(exc.extra.get("field", "form"))
-        return _step_two(request, principal, settings, dataset, values, {field: exc.detail}, 422)
+        errors = {field: exc.detail}
+        return _step_two(request, principal, session, settings, dataset, values, errors, 422)
     return RedirectResponse(f"/dashboard/fine-tuning/jobs/{job.id}", status_code=303)
