@@ -34,6 +34,7 @@ SYSTEM = "Extract the trip as JSON."
 
 pytestmark = [
     pytest.mark.slow,  # the real model, a trainer process, generation
+    pytest.mark.timeout(900),  # training and two models' replies: minutes on a busy 2-core machine
     pytest.mark.parametrize("migrated_database_url", ["sqlite"], indirect=True),
     pytest.mark.filterwarnings("ignore::FutureWarning"),
 ]
