@@ -108,7 +108,7 @@ def test_full_journey(page: Page, live_app: LiveApp, tmp_path: Path) -> None:
     page.get_by_label(re.compile("Support replies")).check()
     check_page(page, "06-wizard-dataset")
     page.get_by_role("button", name="Next: model").click()
-    page.get_by_label("Base model").select_option(BASE_MODEL)
+    page.get_by_label("Model", exact=True).select_option(BASE_MODEL)
     page.get_by_label("N epochs").fill("0")
     page.get_by_role("button", name="Next: review").click()
     expect(page.get_by_text('Use 1 to 50, or "auto".')).to_be_visible()

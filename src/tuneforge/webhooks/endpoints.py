@@ -64,77 +64,77 @@ def list_endpoints(
 
 
 @router.get(
-    "/{endpoint_id}",
+    "/{webhook_endpoint_id}",
     summary="Get a webhook endpoint (with a hint of its secret)",
     response_model=WebhookEndpointOut,
     responses=error_responses(Unauthorized, NotFound),
 )
 def get_endpoint(
-    endpoint_id: str, principal: PrincipalDep, session: SessionDep
+    webhook_endpoint_id: str, principal: PrincipalDep, session: SessionDep
 ) -> WebhookEndpointOut:
-    endpoint = service.get_endpoint(session, principal.organization_id, endpoint_id)
+    endpoint = service.get_endpoint(session, principal.organization_id, webhook_endpoint_id)
     return WebhookEndpointOut.from_row(endpoint)
 
 
 @router.patch(
-    "/{endpoint_id}",
+    "/{webhook_endpoint_id}",
     summary="Change a webhook endpoint's name, URL or event types",
     response_model=WebhookEndpointOut,
     responses=error_responses(Unauthorized, NotFound, InvalidInput),
 )
 def update_endpoint(
-    endpoint_id: str,
+    webhook_endpoint_id: str,
     body: WebhookEndpointUpdate,
     principal: PrincipalDep,
     session: SessionDep,
     settings: SettingsDep,
 ) -> WebhookEndpointOut:
     endpoint = service.update_endpoint(
-        session, settings, principal.organization_id, endpoint_id, body
+        session, settings, principal.organization_id, webhook_endpoint_id, body
     )
     return WebhookEndpointOut.from_row(endpoint)
 
 
 @router.delete(
-    "/{endpoint_id}",
+    "/{webhook_endpoint_id}",
     summary="Delete a webhook endpoint with its pending deliveries and its log",
     response_model=DeletedWebhookEndpoint,
     responses=error_responses(Unauthorized, NotFound),
 )
 def delete_endpoint(
-    endpoint_id: str, principal: PrincipalDep, session: SessionDep
+    webhook_endpoint_id: str, principal: PrincipalDep, session: SessionDep
 ) -> DeletedWebhookEndpoint:
-    deleted = service.delete_endpoint(session, principal.organization_id, endpoint_id)
+    deleted = service.delete_endpoint(session, principal.organization_id, webhook_endpoint_id)
     return DeletedWebhookEndpoint(id=deleted)
 
 
 @router.post(
-    "/{endpoint_id}/rotate-secret",
+    "/{webhook_endpoint_id}/rotate-secret",
     summary="Replace the signing secret (the new one is returned only this once)",
     response_model=WebhookEndpointWithSecret,
     responses=error_responses(Unauthorized, NotFound, InvalidInput),
 )
 def rotate_secret(
-    endpoint_id: str,
+    webhook_endpoint_id: str,
     principal: PrincipalDep,
     session: SessionDep,
     body: RotateSecretRequest | None = None,
 ) -> WebhookEndpointWithSecret:
     keep_old = body is not None and body.keep_old_secret_active_for_24_hours
     endpoint, secret = service.rotate_secret(
-        session, principal.organization_id, endpoint_id, keep_old=keep_old
+        session, principal.organization_id, webhook_endpoint_id, keep_old=keep_old
     )
     return WebhookEndpointWithSecret.with_secret(endpoint, secret)
 
 
 @router.post(
-    "/{endpoint_id}/test",
+    "/{webhook_endpoint_id}/test",
     summary="Send a signed sample event now and report the receiver's status code",
     response_model=WebhookEndpointTestResult,
     responses=error_responses(Unauthorized, NotFound, BadRequest, InvalidInput),
 )
 def send_test_event(
-    endpoint_id: str,
+    webhook_endpoint_id: str,
     body: TestEventRequest,
     principal: BriefPrincipalDep,
     session_factory: SessionFactoryDep,
@@ -142,7 +142,7 @@ def send_test_event(
 ) -> WebhookEndpointTestResult:
     """Holds no session while the receiver answers (up to ``webhook_timeout_seconds``)."""
     sent = service.send_test_event(
-        session_factory, settings, principal.organization_id, endpoint_id, body.event_type
+        session_factory, settings, principal.organization_id, webhook_endpoint_id, body.event_type
     )
     return WebhookEndpointTestResult(
         webhook_endpoint_id=sent.endpoint_id,
@@ -152,19 +152,19 @@ def send_test_event(
 
 
 @router.get(
-    "/{endpoint_id}/deliveries",
+    "/{webhook_endpoint_id}/deliveries",
     summary="An endpoint's delivery log: every attempt, newest first",
     response_model=WebhookAttemptList,
     responses=error_responses(Unauthorized, NotFound, InvalidInput),
 )
 def list_deliveries(
-    endpoint_id: str,
+    webhook_endpoint_id: str,
     principal: PrincipalDep,
     session: SessionDep,
     after: AttemptsBefore = None,
     limit: Limit = 20,
 ) -> WebhookAttemptList:
     views, has_more = service.list_attempts(
-        session, principal.organization_id, endpoint_id, before=after, limit=limit
+        session, principal.organization_id, webhook_endpoint_id, before=after, limit=limit
     )
     return WebhookAttemptList.of(views, has_more)

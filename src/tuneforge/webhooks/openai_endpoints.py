@@ -6,54 +6,26 @@ error shape; the delivery log (``/deliveries``) is ours.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from tuneforge.auth.deps import BriefPrincipalDep, PrincipalDep
-from tuneforge.bounds import MAX_ROW_ID
+from tuneforge.auth.deps import PrincipalDep
 from tuneforge.db.session import SessionDep
-from tuneforge.errors import BadRequest, InvalidInput, NotFound, Unauthorized
+from tuneforge.errors import BadRequest, InvalidInput, NotFound, TuneForgeError, Unauthorized
 from tuneforge.openai_errors import OpenAIErrorRoute, openai_error_responses
-from tuneforge.state import SessionFactoryDep, SettingsDep
+from tuneforge.webhooks import endpoints as native
 from tuneforge.webhooks import service
 from tuneforge.webhooks.outbox import EVENT_TYPES
-from tuneforge.webhooks.schemas import (
-    DeletedWebhookEndpoint,
-    RotateSecretRequest,
-    TestEventRequest,
-    WebhookAttemptList,
-    WebhookEndpointCreate,
-    WebhookEndpointList,
-    WebhookEndpointOut,
-    WebhookEndpointTestResult,
-    WebhookEndpointUpdate,
-    WebhookEndpointWithSecret,
-    WebhookEventTypeList,
-)
+from tuneforge.webhooks.schemas import WebhookEndpointList, WebhookEventTypeList
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], route_class=OpenAIErrorRoute)
 
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size.")]
 After = Annotated[str | None, Query(max_length=64, description="The last id of the previous page.")]
-AttemptsBefore = Annotated[
-    int | None, Query(ge=0, le=MAX_ROW_ID, description="Attempts older than this id.")
-]
 BASE = "/webhook_endpoints"
 ONE = BASE + "/{webhook_endpoint_id}"
-
-
-@router.post(
-    BASE,
-    summary="Create a webhook endpoint (its signing secret is returned only this once)",
-    response_model=WebhookEndpointWithSecret,
-    responses=openai_error_responses(Unauthorized, InvalidInput),
-)
-def create_webhook_endpoint(
-    body: WebhookEndpointCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
-) -> WebhookEndpointWithSecret:
-    endpoint, secret = service.create_endpoint(session, settings, principal.organization_id, body)
-    return WebhookEndpointWithSecret.with_secret(endpoint, secret)
 
 
 @router.get(
@@ -71,111 +43,77 @@ def list_webhook_endpoints(
     return WebhookEndpointList.of(rows, has_more)
 
 
-@router.get(
-    ONE,
-    summary="Retrieve a webhook endpoint",
-    response_model=WebhookEndpointOut,
-    responses=openai_error_responses(Unauthorized, NotFound),
-)
-def retrieve_webhook_endpoint(
-    webhook_endpoint_id: str, principal: PrincipalDep, session: SessionDep
-) -> WebhookEndpointOut:
-    endpoint = service.get_endpoint(session, principal.organization_id, webhook_endpoint_id)
-    return WebhookEndpointOut.from_row(endpoint)
-
-
-@router.post(
-    ONE,
-    summary="Update a webhook endpoint's name, URL or event types",
-    response_model=WebhookEndpointOut,
-    responses=openai_error_responses(Unauthorized, NotFound, InvalidInput),
-)
-def update_webhook_endpoint(
-    webhook_endpoint_id: str,
-    body: WebhookEndpointUpdate,
-    principal: PrincipalDep,
-    session: SessionDep,
-    settings: SettingsDep,
-) -> WebhookEndpointOut:
-    endpoint = service.update_endpoint(
-        session, settings, principal.organization_id, webhook_endpoint_id, body
+def _same_as_native(
+    path: str, method: str, handler: Callable[..., Any], summary: str, *errors: type[TuneForgeError]
+) -> None:
+    """Serve a native handler on OpenAI's path, with OpenAI's error shape (and its 200 on
+    create); the response model is the handler's return annotation."""
+    router.add_api_route(
+        path,
+        handler,
+        methods=[method],
+        summary=summary,
+        responses=openai_error_responses(*errors),
+        name=f"openai_{handler.__name__}",
     )
-    return WebhookEndpointOut.from_row(endpoint)
 
 
-@router.delete(
-    ONE,
-    summary="Delete a webhook endpoint with its pending deliveries and its log",
-    response_model=DeletedWebhookEndpoint,
-    responses=openai_error_responses(Unauthorized, NotFound),
+_same_as_native(
+    BASE,
+    "POST",
+    native.create_endpoint,
+    "Create a webhook endpoint (its signing secret is returned only this once)",
+    Unauthorized,
+    InvalidInput,
 )
-def delete_webhook_endpoint(
-    webhook_endpoint_id: str, principal: PrincipalDep, session: SessionDep
-) -> DeletedWebhookEndpoint:
-    deleted = service.delete_endpoint(session, principal.organization_id, webhook_endpoint_id)
-    return DeletedWebhookEndpoint(id=deleted)
-
-
-@router.post(
+_same_as_native(
+    ONE, "GET", native.get_endpoint, "Retrieve a webhook endpoint", Unauthorized, NotFound
+)
+_same_as_native(
+    ONE,
+    "POST",
+    native.update_endpoint,
+    "Update a webhook endpoint's name, URL or event types",
+    Unauthorized,
+    NotFound,
+    InvalidInput,
+)
+_same_as_native(
+    ONE,
+    "DELETE",
+    native.delete_endpoint,
+    "Delete a webhook endpoint with its pending deliveries and its log",
+    Unauthorized,
+    NotFound,
+)
+_same_as_native(
     ONE + "/rotate_secret",
-    summary="Rotate a webhook endpoint's signing secret (returned only this once)",
-    response_model=WebhookEndpointWithSecret,
-    responses=openai_error_responses(Unauthorized, NotFound, InvalidInput),
+    "POST",
+    native.rotate_secret,
+    "Replace the signing secret (the new one is returned only this once)",
+    Unauthorized,
+    NotFound,
+    InvalidInput,
 )
-def rotate_webhook_secret(
-    webhook_endpoint_id: str,
-    principal: PrincipalDep,
-    session: SessionDep,
-    body: RotateSecretRequest | None = None,
-) -> WebhookEndpointWithSecret:
-    keep_old = body is not None and body.keep_old_secret_active_for_24_hours
-    endpoint, secret = service.rotate_secret(
-        session, principal.organization_id, webhook_endpoint_id, keep_old=keep_old
-    )
-    return WebhookEndpointWithSecret.with_secret(endpoint, secret)
-
-
-@router.post(
+_same_as_native(
     ONE + "/test",
-    summary="Send a signed sample event to a webhook endpoint now",
-    response_model=WebhookEndpointTestResult,
-    responses=openai_error_responses(Unauthorized, NotFound, BadRequest, InvalidInput),
+    "POST",
+    native.send_test_event,
+    "Send a signed sample event to a webhook endpoint now",
+    Unauthorized,
+    NotFound,
+    BadRequest,
+    InvalidInput,
 )
-def test_webhook_endpoint(
-    webhook_endpoint_id: str,
-    body: TestEventRequest,
-    principal: BriefPrincipalDep,
-    session_factory: SessionFactoryDep,
-    settings: SettingsDep,
-) -> WebhookEndpointTestResult:
-    """Holds no session while the receiver answers (up to ``webhook_timeout_seconds``)."""
-    sent = service.send_test_event(
-        session_factory, settings, principal.organization_id, webhook_endpoint_id, body.event_type
-    )
-    return WebhookEndpointTestResult(
-        webhook_endpoint_id=sent.endpoint_id,
-        event_type=sent.event_type,
-        status_code=sent.status_code,
-    )
-
-
-@router.get(
+_same_as_native(
     ONE + "/deliveries",
-    summary="A webhook endpoint's delivery log: every attempt, newest first",
-    response_model=WebhookAttemptList,
-    responses=openai_error_responses(Unauthorized, NotFound, InvalidInput),
+    "GET",
+    native.list_deliveries,
+    "A webhook endpoint's delivery log: every attempt, newest first",
+    Unauthorized,
+    NotFound,
+    InvalidInput,
 )
-def list_webhook_deliveries(
-    webhook_endpoint_id: str,
-    principal: PrincipalDep,
-    session: SessionDep,
-    after: AttemptsBefore = None,
-    limit: Limit = 20,
-) -> WebhookAttemptList:
-    views, has_more = service.list_attempts(
-        session, principal.organization_id, webhook_endpoint_id, before=after, limit=limit
-    )
-    return WebhookAttemptList.of(views, has_more)
 
 
 @router.get(
