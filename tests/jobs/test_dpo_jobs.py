@@ -80,13 +80,24 @@ def test_auto_beta_and_a_lower_auto_learning_rate_for_dpo(
     assert ratio == pytest.approx(0.25, rel=0.05)
 
 
-def test_method_and_data_must_agree_and_beta_is_dpo_only(
+def test_method_and_data_must_agree_and_dpo_knobs_are_dpo_only(
     client: TestClient, account: Account, pairs_id: str, dataset_id: str
 ) -> None:
     refusals = [
         (dict(dataset_id=dataset_id, method=DPO), "dataset_id"),
         (dict(dataset_id=pairs_id), "dataset_id"),
         (dict(dataset_id=dataset_id, hyperparameters={"beta": 0.1}), "hyperparameters.beta"),
+        (
+            dict(dataset_id=dataset_id, hyperparameters={"nll_weight": 0.5}),
+            "hyperparameters.nll_weight",
+        ),
+        (
+            dict(
+                dataset_id=pairs_id,
+                method={"type": "dpo", "dpo": {"hyperparameters": {"nll_weight": -1}}},
+            ),
+            "hyperparameters.nll_weight",
+        ),
         (
             dict(dataset_id=pairs_id, method=DPO, hyperparameters={"n_epochs": 1}),
             "hyperparameters",

@@ -263,7 +263,7 @@ def _check_model_and_provider(
             f"{', '.join(sorted(trainer.methods))}",
             field="method.type",
         )
-    trainer.check_hyperparameters(hyperparameters)
+    trainer.check_hyperparameters(hyperparameters, method=method)
     trainer.ensure_configured()
     return trainer
 
@@ -487,7 +487,7 @@ def estimate_job(
             field="model",
         )
     trainer = get_provider(start.provider or model.provider, settings)
-    trainer.check_hyperparameters(requested)
+    trainer.check_hyperparameters(requested, method=method)
     figures = DatasetFigures.counted(
         report.train_examples, report.total_tokens, report.valid_examples
     )

@@ -234,8 +234,11 @@ class FineTuningProvider(Protocol):
     def ensure_configured(self) -> None:
         """Raise ``tuneforge.errors.InvalidInput`` when the provider cannot take jobs here."""
 
-    def check_hyperparameters(self, requested: dict[str, Any]) -> None:
-        """Raise ``InvalidInput`` naming the field of a hyperparameter this provider refuses."""
+    def check_hyperparameters(
+        self, requested: dict[str, Any], *, method: str = "supervised"
+    ) -> None:
+        """Raise ``InvalidInput`` naming the field of a hyperparameter this provider refuses
+        for a job of ``method``."""
 
     def resolve_hyperparameters(
         self, requested: dict[str, Any], figures: DatasetFigures, *, method: str = "supervised"

@@ -96,7 +96,7 @@ class OpenAIProvider:
     def servable_files(self, model_reference: str, base_model: str) -> ServableFiles | None:
         return None  # OpenAI serves its fine-tunes itself
 
-    def check_hyperparameters(self, requested: dict[str, Any]) -> None:
+    def check_hyperparameters(self, requested: dict[str, Any], *, method: str = SUPERVISED) -> None:
         require_shared_only(self.name, requested)
 
     def resolve_hyperparameters(

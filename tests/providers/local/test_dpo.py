@@ -53,7 +53,7 @@ def test_the_dpo_loss_is_the_sigmoid_loss_on_beta_scaled_log_ratios() -> None:
     policy = torch.tensor([[-1.0, -3.0], [-2.0, -2.0], [-4.0, -1.0]])
     reference = torch.full((3, 2), -2.0)
 
-    terms = dpo_terms(policy, reference, beta=0.5)
+    terms = dpo_terms(policy, reference, beta=0.5, preferred_tokens=torch.tensor([2, 4, 1]))
 
     # Margins: 0.5 * ((-1 + 2) - (-3 + 2)) = 1, then 0, then 0.5 * (-2 - 1) = -1.5.
     torch.testing.assert_close(terms.margins, torch.tensor([1.0, 0.0, -1.5]))
@@ -61,6 +61,22 @@ def test_the_dpo_loss_is_the_sigmoid_loss_on_beta_scaled_log_ratios() -> None:
     torch.testing.assert_close(terms.losses, expected)
     assert terms.losses[1].item() == pytest.approx(math.log(2))
     torch.testing.assert_close(terms.wins, torch.tensor([1.0, 0.5, 0.0]))
+    torch.testing.assert_close(terms.nll, torch.tensor([0.5, 0.5, 4.0]))
+
+
+def test_the_nll_weight_adds_the_preferred_replys_per_token_nll() -> None:
+    policy = torch.tensor([[-1.0, -3.0], [-8.0, -2.0]], requires_grad=True)
+    reference = torch.full((2, 2), -2.0)
+    tokens = torch.tensor([2, 4])
+
+    alone = dpo_terms(policy, reference, 0.5, tokens)
+    weighted = dpo_terms(policy, reference, 0.5, tokens, nll_weight=0.2)
+
+    torch.testing.assert_close(weighted.losses - alone.losses, 0.2 * torch.tensor([0.5, 2.0]))
+    weighted.losses.sum().backward()
+    assert policy.grad is not None
+    # Minimizing the loss raises the preferred reply's log-probability.
+    assert policy.grad[0, 0] < 0 and policy.grad[1, 0] < 0
 
 
 @pytest.mark.slow
@@ -89,7 +105,7 @@ def test_dpo_training_lowers_the_loss_and_wins_the_held_out_pairs(
     paths = prepare_job_dir(
         tmp_path / "job",
         tiny_model_dir,
-        {**FAST, "n_epochs": 3, "batch_size": 8, "eval_every_steps": 3},
+        {**FAST, "n_epochs": 3, "batch_size": 8, "eval_every_steps": 3, "nll_weight": 0.0},
         n_train=48,
         n_valid=16,
         method="dpo",
@@ -100,7 +116,7 @@ def test_dpo_training_lowers_the_loss_and_wins_the_held_out_pairs(
     metrics = metric_events(paths)
     assert [m["step"] for m in metrics] == list(range(0, 19))
     start = metrics[0]["metrics"]
-    # Step 0: the adapter adds nothing yet, so the policy is its reference.
+    # Step 0: the adapter adds nothing yet, so the policy is its reference (DPO alone here).
     assert set(start) == {"valid_loss", "valid_reward_margin", "valid_reward_accuracy"}
     assert start["valid_loss"] == pytest.approx(math.log(2), abs=1e-3)
     assert start["valid_reward_margin"] == pytest.approx(0.0, abs=1e-3)

@@ -6,6 +6,12 @@ pair is two sequences whose targets are the reply tokens. The loss, per pair:
 
     -log sigmoid(beta * ((log p(y+|x) - log ref(y+|x)) - (log p(y-|x) - log ref(y-|x))))
 
+DPO alone widens the margin, and can do it by making both replies less likely: on a model
+that learned plain replies, 100% of held-out pairs were won while not one greedy reply
+changed (``benchmarks/dpo_quality.py``). So, as Llama 3's preference step and RPO (Pang et
+al., 2024) do, the loss adds ``nll_weight`` times the preferred reply's mean per-token
+negative log-likelihood, which pulls the preferred reply up, not only the other one down.
+
 The reference is the same weights with the LoRA switched off (peft's
 ``disable_adapter()``), so no second model is held in memory; a job that starts from a
 fine-tune has that fine-tune merged into the weights (``stacking.py``), which makes it the
@@ -91,18 +97,28 @@ def encode_pairs(
 
 @dataclass(frozen=True)
 class DpoTerms:
-    losses: torch.Tensor  # per pair
+    losses: torch.Tensor  # per pair: the DPO loss plus the weighted NLL of the preferred reply
     margins: torch.Tensor  # beta-scaled log-ratio of preferred minus non-preferred, per pair
     wins: torch.Tensor  # 1 where the preferred reply has the higher reward, 0.5 on a tie
+    nll: torch.Tensor  # per pair: the preferred reply's mean per-token negative log-likelihood
 
 
-def dpo_terms(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> DpoTerms:
-    """The sigmoid DPO loss from [pairs, 2] log-probabilities (preferred first)."""
+def dpo_terms(
+    policy: torch.Tensor,
+    reference: torch.Tensor,
+    beta: float,
+    preferred_tokens: torch.Tensor,
+    nll_weight: float = 0.0,
+) -> DpoTerms:
+    """The sigmoid DPO loss from [pairs, 2] log-probabilities (preferred first), plus
+    ``nll_weight`` times the preferred reply's per-token NLL (``preferred_tokens`` long)."""
     rewards = beta * (policy - reference)
     margins = rewards[:, 0] - rewards[:, 1]
+    nll = -policy[:, 0] / preferred_tokens
     detached = margins.detach()
     wins = (detached > 0).float() + 0.5 * (detached == 0).float()
-    return DpoTerms(-functional.logsigmoid(margins), detached, wins)
+    losses = -functional.logsigmoid(margins) + nll_weight * nll
+    return DpoTerms(losses, detached, wins, nll.detach())
 
 
 def _pack_pairs(pairs: Sequence[EncodedPair], row: list[int]) -> PackedBatch:
@@ -118,6 +134,7 @@ class PreferenceObjective:
     train: list[EncodedPair]
     valid: list[EncodedPair]
     beta: float
+    nll_weight: float
     _train_reference: torch.Tensor = field(init=False)
     _valid_reference: torch.Tensor = field(init=False)
 
@@ -138,30 +155,32 @@ class PreferenceObjective:
         started = time.perf_counter()
         reference = reference_log_probs(run, pairs, self._train_reference, shard)
         scale = rt.world_size / len(indices)
-        totals = torch.zeros(4, device=rt.device)  # loss sum, margin sum, wins, stop votes
+        totals = torch.zeros(5, device=rt.device)  # loss, margin, wins, NLL sums; stop votes
         micro_batches = plan_micro_batches(lengths, shard, run.micro_batch_tokens)
         for number, row in enumerate(micro_batches):
             with run.sync_unless_last(number == len(micro_batches) - 1):
                 with run.autocast():
                     policy = _log_probs(run.loss_model, run, _pack_pairs(pairs, row))
-                terms = dpo_terms(policy.view(-1, 2), reference[row].to(rt.device), self.beta)
+                terms = self._terms(policy, reference, pairs, row, rt.device)
                 (terms.losses.sum() * scale).backward()
             totals[0] += terms.losses.detach().sum()
             totals[1] += terms.margins.sum()
             totals[2] += terms.wins.sum()
+            totals[3] += terms.nll.sum()
             if not rt.distributed and stop():
                 run.optimizer.zero_grad(set_to_none=True)
                 return None
         learning_rate, grad_norm = apply_gradients(run)
-        totals[3] = float(stop())
+        totals[4] = float(stop())
         if rt.distributed:
             dist.all_reduce(totals)
-        loss_sum, margin_sum, wins, stop_votes = totals.tolist()
+        loss_sum, margin_sum, wins, nll_sum, stop_votes = totals.tolist()
         tokens = sum(lengths[i] for i in indices)
         return {
             "train_loss": loss_sum / len(indices),
             "train_reward_margin": margin_sum / len(indices),
             "train_reward_accuracy": wins / len(indices),
+            "train_preferred_nll": nll_sum / len(indices),
             "learning_rate": learning_rate,
             "tokens_per_second": tokens / (time.perf_counter() - started),
             "grad_norm": grad_norm,
@@ -181,7 +200,7 @@ class PreferenceObjective:
         for row in plan_micro_batches(lengths, mine, run.micro_batch_tokens):
             with run.autocast():
                 policy = _log_probs(_unwrapped(run), run, _pack_pairs(pairs, row))
-            terms = dpo_terms(policy.view(-1, 2), reference[row].to(rt.device), self.beta)
+            terms = self._terms(policy, reference, pairs, row, rt.device)
             totals += torch.stack([terms.losses.sum(), terms.margins.sum(), terms.wins.sum()])
         run.model.train()
         if rt.distributed:
@@ -193,6 +212,23 @@ class PreferenceObjective:
             "valid_reward_margin": margin_sum / count,
             "valid_reward_accuracy": wins / count,
         }
+
+    def _terms(
+        self,
+        policy: torch.Tensor,
+        reference: torch.Tensor,
+        pairs: Sequence[EncodedPair],
+        row: list[int],
+        device: torch.device,
+    ) -> DpoTerms:
+        preferred_tokens = torch.tensor([pairs[i].chosen.n_targets for i in row], device=device)
+        return dpo_terms(
+            policy.view(-1, 2),
+            reference[row].to(device),
+            self.beta,
+            preferred_tokens,
+            self.nll_weight,
+        )
 
 
 @torch.no_grad()

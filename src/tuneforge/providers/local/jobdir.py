@@ -37,6 +37,9 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_TARGET_MODULES = 64
 MAX_TOKENS_PER_PASS = 1_048_576
 MAX_STEPS = 10_000_000
+AUTO_NLL_WEIGHT = 1.0
+# Knobs only a DPO job reads; a supervised job given one is refused, not silently ignored.
+DPO_ONLY = ("beta", "nll_weight")
 ModuleName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\w.]+$")]
 
 
@@ -90,6 +93,12 @@ class LocalHyperparameters(DpoHyperparameters):
             "every new low counts.",
         )
     )
+    nll_weight: Auto | Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = Field(
+        default=AUTO,
+        description="DPO jobs only: weight of the preferred reply's per-token negative "
+        'log-likelihood added to the DPO loss (RPO\'s regularizer); "auto" is '
+        f"{AUTO_NLL_WEIGHT}, 0 is DPO alone.",
+    )
     checkpoint_every_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
     micro_batch_tokens: int = Field(
         default=1024,
@@ -100,12 +109,20 @@ class LocalHyperparameters(DpoHyperparameters):
     num_processes: int = Field(default=1, ge=1, le=64)
 
 
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    """``hyperparameters.<name>``, with a list item's index; not the tag of a union's branch
+    (``literal['auto']``, ``float``) that pydantic adds to the location."""
+    name, *rest = loc
+    indices = [str(part) for part in rest if isinstance(part, int)]
+    return ".".join(["hyperparameters", str(name), *indices])
+
+
 def parse_local_hyperparameters(raw: dict[str, Any]) -> LocalHyperparameters:
     """Validate a job's hyperparameters for the local provider; errors name the field."""
     try:
         return LocalHyperparameters.model_validate(raw)
     except ValidationError as exc:
-        fields = [".".join(["hyperparameters", *map(str, err["loc"])]) for err in exc.errors()]
+        fields = [_field_name(err["loc"]) for err in exc.errors()]
         problems = "; ".join(
             f"{field}: {err['msg']}" for field, err in zip(fields, exc.errors(), strict=True)
         )

@@ -29,6 +29,7 @@ from tuneforge.config import Settings
 from tuneforge.errors import InvalidInput, TuneForgeError
 from tuneforge.providers.catalog import LOCAL_PROVIDER, list_base_models
 from tuneforge.providers.contract import (
+    DPO,
     SUPERVISED,
     TRAINING_METHODS,
     BaseModelInfo,
@@ -49,6 +50,7 @@ from tuneforge.providers.contract import (
 from tuneforge.providers.local.auto import resolve_local
 from tuneforge.providers.local.jobdir import (
     ADAPTER_DIR,
+    DPO_ONLY,
     TERMINAL_STATES,
     JobPaths,
     JobSpec,
@@ -137,8 +139,13 @@ class LocalProvider:
         except InvalidInput as exc:
             raise ModelUnavailable(f"{model_reference!r} is not a local fine-tuned model") from exc
 
-    def check_hyperparameters(self, requested: dict[str, Any]) -> None:
+    def check_hyperparameters(self, requested: dict[str, Any], *, method: str = SUPERVISED) -> None:
         hyperparameters = parse_local_hyperparameters(requested)
+        if method != DPO and (given := [name for name in DPO_ONLY if name in requested]):
+            raise InvalidInput(
+                f"hyperparameters.{given[0]}: only DPO jobs take it; set method.type to 'dpo'",
+                field=f"hyperparameters.{given[0]}",
+            )
         devices = _training_devices()
         if hyperparameters.num_processes > devices:
             raise InvalidInput(

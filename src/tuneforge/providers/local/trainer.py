@@ -38,7 +38,13 @@ from tuneforge.providers.local.checkpoints import (
 )
 from tuneforge.providers.local.data import encode_dataset, read_chat_jsonl
 from tuneforge.providers.local.dpo import PreferenceObjective, encode_pairs
-from tuneforge.providers.local.jobdir import JobPaths, JobSpec, LocalHyperparameters, read_spec
+from tuneforge.providers.local.jobdir import (
+    AUTO_NLL_WEIGHT,
+    JobPaths,
+    JobSpec,
+    LocalHyperparameters,
+    read_spec,
+)
 from tuneforge.providers.local.modeling import (
     AssistantTokenLoss,
     SequenceLogProbs,
@@ -156,7 +162,8 @@ def _objective(
         train_pairs = encode_pairs(tokenizer, train_lines, max_len)
         valid_pairs = encode_pairs(tokenizer, valid_lines, max_len).pairs
         beta = hp.beta if isinstance(hp.beta, float) else AUTO_BETA
-        objective: Objective = PreferenceObjective(train_pairs.pairs, valid_pairs, beta)
+        nll_weight = hp.nll_weight if isinstance(hp.nll_weight, float) else AUTO_NLL_WEIGHT
+        objective: Objective = PreferenceObjective(train_pairs.pairs, valid_pairs, beta, nll_weight)
         return (
             objective,
             [pair.length for pair in train_pairs.pairs],
