@@ -108,7 +108,9 @@ def main() -> None:
         baseline = batch * args.new_tokens / statistics.median(times["dynamic"])
         for name in CONFIGURATIONS:
             rate = batch * args.new_tokens / statistics.median(times[name])
-            print(f"batch {batch} {name:>15}: {rate:6.1f} tokens/s, {rate / baseline:4.2f}x dynamic")
+            print(
+                f"batch {batch} {name:>15}: {rate:6.1f} tokens/s, {rate / baseline:4.2f}x dynamic"
+            )
 
 
 if __name__ == "__main__":

@@ -85,8 +85,9 @@ def test_a_dpo_job_on_a_fine_tune_trains_and_makes_a_servable_model(
         params={"name": ["valid_loss", "valid_reward_accuracy"]},
     ).json()["data"]
     losses = [p["value"] for p in metrics if p["name"] == "valid_loss"]
-    assert losses[0] == pytest.approx(0.6931, abs=1e-3) and min(losses) < losses[0]
-    assert any(p["name"] == "valid_reward_accuracy" for p in metrics)
+    assert min(losses) < losses[0]
+    accuracies = [p["value"] for p in metrics if p["name"] == "valid_reward_accuracy"]
+    assert accuracies[0] == 0.5  # step 0: the policy is its reference, every pair ties
     paths = job_paths(settings, job["id"])
     spec = json.loads(paths.spec.read_text())
     assert spec["method"] == "dpo" and Path(spec["parent_adapter"]).is_dir()

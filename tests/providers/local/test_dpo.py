@@ -216,7 +216,9 @@ def test_a_dpo_job_from_a_fine_tune_trains_and_writes_a_servable_adapter(
     assert run_training(paths, lambda: False) == "succeeded"
 
     held_out = [m["metrics"] for m in metric_events(paths) if "valid_loss" in m["metrics"]]
-    assert held_out[0]["valid_loss"] == pytest.approx(math.log(2), abs=1e-3)
+    # Step 0: the policy is the parent fine-tune, its reference: every pair ties.
+    assert held_out[0]["valid_reward_margin"] == pytest.approx(0.0, abs=1e-3)
+    assert held_out[0]["valid_reward_accuracy"] == 0.5
     assert held_out[-1]["valid_loss"] < held_out[0]["valid_loss"]
     config = (paths.adapter / "adapter_config.json").read_text()
     assert '"r": 8' in config  # the parent's rank 4 and the run's 4
