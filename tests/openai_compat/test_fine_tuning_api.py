@@ -148,7 +148,7 @@ def test_the_sdk_trains_pauses_cancels_and_serves_a_fine_tune(sdk: openai.OpenAI
     served = {m.id for m in sdk.models.list()}
     assert {done.fine_tuned_model, newest["fine_tuned_model_checkpoint"]} <= served
 
-    long_run = create(sdk, file.id, "c", n_epochs=40)
+    long_run = create(sdk, file.id, "c", n_epochs=40, batch_size=1)  # 960 steps: time to pause
     wait_for(long_run.id, sdk, lambda j: j.status == "running" and bool(j.trained_tokens))
     pausing = sdk.fine_tuning.jobs.pause(long_run.id)
     assert pausing.status in ("running", "paused")
