@@ -38,8 +38,8 @@ MAX_TARGET_MODULES = 64
 MAX_TOKENS_PER_PASS = 1_048_576
 MAX_STEPS = 10_000_000
 AUTO_NLL_WEIGHT = 1.0
-# Knobs only a DPO job reads; a supervised job given one is refused, not silently ignored.
-DPO_ONLY = ("beta", "nll_weight")
+# The local knob only a DPO job reads (the jobs service refuses beta, every provider's, itself).
+LOCAL_DPO_ONLY = "nll_weight"
 ModuleName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\w.]+$")]
 
 

@@ -50,7 +50,7 @@ from tuneforge.providers.contract import (
 from tuneforge.providers.local.auto import resolve_local
 from tuneforge.providers.local.jobdir import (
     ADAPTER_DIR,
-    DPO_ONLY,
+    LOCAL_DPO_ONLY,
     TERMINAL_STATES,
     JobPaths,
     JobSpec,
@@ -141,10 +141,10 @@ class LocalProvider:
 
     def check_hyperparameters(self, requested: dict[str, Any], *, method: str = SUPERVISED) -> None:
         hyperparameters = parse_local_hyperparameters(requested)
-        if method != DPO and (given := [name for name in DPO_ONLY if name in requested]):
+        if method != DPO and LOCAL_DPO_ONLY in requested:
+            field = f"hyperparameters.{LOCAL_DPO_ONLY}"
             raise InvalidInput(
-                f"hyperparameters.{given[0]}: only DPO jobs take it; set method.type to 'dpo'",
-                field=f"hyperparameters.{given[0]}",
+                f"{field}: only DPO jobs take it; set method.type to 'dpo'", field=field
             )
         devices = _training_devices()
         if hyperparameters.num_processes > devices:
