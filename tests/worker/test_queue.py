@@ -358,8 +358,9 @@ def in_worker(
     worker_settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
     trainer: InWorkerTrainer,
+    poll_seconds: float = 0.1,
 ) -> Worker:
-    config = WorkerConfig(in_worker_poll_seconds=0.1, idle_sleep_seconds=0.01)
+    config = WorkerConfig(in_worker_poll_seconds=poll_seconds, idle_sleep_seconds=0.01)
     worker = Worker(session_factory, worker_settings, "trainer-worker", config)
     monkeypatch.setattr(worker.runner, "provider_for", lambda name: trainer)
     return worker
@@ -379,13 +380,17 @@ def test_in_worker_training_keeps_its_lease_alive_until_done(
             job = claim_next_job(session, "rival", 30.0)
             rival_claims.append(job.id if job else None)
 
+    # A lease of seconds, not the file's 0.3 s: on a loaded CI machine the first step alone
+    # can outlast 0.3 s before the heartbeat thread gets a turn.
+    lease = 2.0
+    settings = worker_settings.model_copy(update={"worker_lease_seconds": lease})
     trainer = InWorkerTrainer(polls=12, on_poll=rival_claims_during_training)
-    worker = in_worker(session_factory, worker_settings, monkeypatch, trainer)
+    worker = in_worker(session_factory, settings, monkeypatch, trainer, poll_seconds=0.5)
 
     started = time.monotonic()
     assert worker.run_once()
 
-    assert time.monotonic() - started > 3 * 0.3  # outlived its lease several times over
+    assert time.monotonic() - started > 2 * lease  # outlived its lease several times over
     assert rival_claims == [None] * 12
     assert trainer.abandoned == []
     job = load(session_factory, job_id)
