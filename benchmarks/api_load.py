@@ -100,6 +100,7 @@ STATUS_PATHS = {
 }
 METRIC_STEPS = 10
 LIST_PATH = "/fine-tuning/jobs?limit=20"
+RESOLVED_HYPERPARAMETERS = {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 1.8}
 BASE_MODELS = {"local": "SmolLM2-135M-Instruct", "openai": "gpt-4o-mini-2024-07-18"}
 
 
@@ -160,6 +161,8 @@ def add_jobs(
             base_model=BASE_MODELS[provider],
             status=status,
             hyperparameters={"n_epochs": "auto", "batch_size": "auto"},
+            # What job creation stores: "auto" resolved once, read back by every view.
+            resolved_hyperparameters=RESOLVED_HYPERPARAMETERS,
             # Core inserts take column names; an attribute name such as job_metadata is dropped.
             metadata={"team": rng.choice(["search", "support", "sales"])},
             progress_percentage=100.0 if status == S.SUCCEEDED else 50.0 if trained else 0.0,

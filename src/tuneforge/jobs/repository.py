@@ -40,7 +40,9 @@ class JobFilter:
 class JobView(NamedTuple):
     """What a job's API view shows: the job's own columns, and two from other tables.
 
-    Read as plain rows: building ORM objects was most of a job listing's CPU."""
+    Read as plain rows, through the session's connection: building ORM objects was most of
+    a job listing's CPU, and the ORM's result handling for plain columns a sixth of what
+    was left."""
 
     id: str
     name: str | None
@@ -113,7 +115,7 @@ _JOB_VIEW = _view_of(
 def get_job_view(session: Session, organization_id: str, job_id: str) -> JobView | None:
     """The organization's job with its view's columns, in one query."""
     params = {"organization_id": organization_id, "job_id": job_id}
-    row = session.execute(_JOB_VIEW, params).first()
+    row = session.connection().execute(_JOB_VIEW, params).first()
     return JobView(*row) if row is not None else None
 
 
@@ -180,7 +182,7 @@ def list_jobs(
         "dataset_id": job_filter.dataset_id,
         **{f"metadata_value_{n}": value for n, value in enumerate(metadata.values())},
     }
-    rows = session.execute(page, {**params, "limit": limit, "offset": offset}).all()
+    rows = session.connection().execute(page, {**params, "limit": limit, "offset": offset}).all()
     if rows:
         return [JobView(*row[:-1]) for row in rows], rows[0][-1]
     return [], (session.scalar(count, params) or 0) if offset else 0
