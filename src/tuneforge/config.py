@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     inference_batch_token_limit: int = Field(
         default=32768, ge=1, description="Rows times padded length a batch may grow to."
     )
+    inference_prefix_cache_bytes: int = Field(
+        default=64 * 1024**2,
+        ge=0,
+        description="Prompt keys and values kept per base model, so that requests sharing a "
+        "prefix (template, system prompt, tools, earlier turns) prefill only the rest; 0: off.",
+    )
     inference_adapter_cache_bytes: int = Field(
         default=1024**3, ge=0, description="LoRA adapters kept attached to each base model."
     )

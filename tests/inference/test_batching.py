@@ -135,6 +135,58 @@ def test_rows_that_join_and_leave_mid_flight_reply_as_they_would_alone(
     assert len({tuple(ids) for ids in alone}) == len(alone)
 
 
+def test_a_shared_prompt_prefix_is_prefilled_once_per_adapter(
+    loaded: LoadedBase, adapters: list[Path]
+) -> None:
+    """Requests that begin with the same system prompt prefill only what follows it, among
+    rows of the same adapter only (a fine-tune changes the keys and values), alone or
+    joining together, and reply as they would with nothing kept."""
+    bank = AdapterBank(loaded.model)
+    adapter = read_adapter(adapters[0], loaded.model)
+    bank.attach(adapter)
+    system = {"role": "system", "content": "You answer questions about the sea, kindly."}
+    plan = [  # (question, adapter)
+        ("The ocean?", None),
+        ("The ocean?", adapter.key),
+        ("Why are waves salty?", None),
+        ("Tides, and the moon?", adapter.key),
+    ]
+
+    def requests() -> list[GenerationRequest]:
+        return [
+            _request(loaded, [system, {"role": "user", "content": q}], adapter=a) for q, a in plan
+        ]
+
+    fresh = DecodeBatch(loaded.model, bank)
+    expected = [_alone(fresh, request) for request in requests()]
+    fed: list[int] = []
+    loaded.model.register_forward_pre_hook(
+        lambda _, args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    batch = DecodeBatch(loaded.model, bank, prefix_bytes=2**24)
+    alone = requests()
+    prefills = []
+    for request, replied in zip(alone, expected, strict=True):
+        fed.clear()
+        assert _alone(batch, request) == replied
+        prefills.append(fed[0])
+    lengths = [len(request.prompt_ids) for request in alone]
+    assert prefills[:2] == lengths[:2]  # nothing kept yet for either adapter
+    for later, earlier in ((2, 0), (3, 1)):  # the same adapter's kept prompt, not the other's
+        pairs = zip(alone[later].prompt_ids, alone[earlier].prompt_ids, strict=False)
+        common = next(n for n, (a, b) in enumerate(pairs) if a != b)
+        assert common > 8
+        assert prefills[later] == lengths[later] - common
+
+    together = requests()
+    with torch.inference_mode():
+        batch.admit(together)  # every prompt kept: one token each is fed
+        assert fed[-1] == 1
+        while len(batch):
+            batch.step()
+    assert [_ids(request) for request in together] == expected
+
+
 def test_sampled_and_constrained_rows_keep_their_own_processing(loaded: LoadedBase) -> None:
     """A seeded row samples what it samples alone, and a grammar masks only its own row."""
     bank = AdapterBank(loaded.model)

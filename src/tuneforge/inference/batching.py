@@ -41,6 +41,7 @@ class BatchLimits:
     queue_limit: int = 64
     window_seconds: float = 0.01
     token_limit: int = 32768
+    prefix_bytes: int = 64 * 1024**2
 
 
 class BatchRunner:
@@ -96,7 +97,7 @@ class BatchRunner:
     def _run(self) -> None:
         import torch
 
-        batch = DecodeBatch(self._model, self._bank)
+        batch = DecodeBatch(self._model, self._bank, self.limits.prefix_bytes)
         while (joining := self._next_joining(batch)) is not None:
             started = time.perf_counter()
             with self._bank.lock, torch.inference_mode():

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tuneforge.inference.generation import Completion, FinishReason, SamplingParams, find_stop
+from tuneforge.inference.prefixes import Prefix, PrefixCache
 
 if TYPE_CHECKING:
     import torch
@@ -104,6 +105,14 @@ def _generator(params: SamplingParams, device: torch.device) -> torch.Generator 
     return generator
 
 
+def _plain_cache(model: PreTrainedModel) -> bool:
+    """Whether the model's cache is plain per-layer key/value tensors (full attention)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+
+
 def _left_pad(tensor: torch.Tensor, columns: int, dim: int) -> torch.Tensor:
     import torch
 
@@ -121,9 +130,11 @@ class DecodeBatch:
     more token for every row; both answer the requests that finish.
     """
 
-    def __init__(self, model: PreTrainedModel, bank: AdapterBank) -> None:
+    def __init__(self, model: PreTrainedModel, bank: AdapterBank, prefix_bytes: int = 0) -> None:
         self._model = model
         self._bank = bank
+        self._plain = _plain_cache(model)
+        self._prefixes = PrefixCache(prefix_bytes if self._plain else 0)
         self._rows: list[_Row] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # (rows, width): 1 for real tokens
@@ -149,10 +160,7 @@ class DecodeBatch:
     def can_join(self) -> bool:
         """Rows join a running batch only where the cache is plain per-layer key/value
         tensors (full attention); other caches (sliding windows) wait for an empty batch."""
-        from transformers.cache_utils import DynamicLayer
-
-        layers = [] if self._cache is None else self._cache.layers
-        return all(type(layer) is DynamicLayer for layer in layers)
+        return self._plain or self._cache is None
 
     def admit(self, requests: Sequence[GenerationRequest]) -> None:
         """Prefill ``requests`` and add them; a failure fails them alone."""
@@ -161,18 +169,24 @@ class DecodeBatch:
 
         rows = [_Row(r, _generator(r.params, self._model.device)) for r in requests]
         try:
-            width = max(len(r.prompt_ids) for r in requests)
-            pad = 0
+            cache = DynamicCache(config=self._model.config)
+            hits = [self._prefixes.longest(r.adapter, r.prompt_ids) for r in requests]
+            reused = self._reuse(cache, hits)
+            rests = [r.prompt_ids[n:] for r, (n, _) in zip(requests, hits, strict=True)]
+            width = max(len(rest) for rest in rests)
             ids = torch.tensor(
-                [[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in requests],
-                device=self._model.device,
+                [[0] * (width - len(rest)) + rest for rest in rests], device=self._model.device
             )
             mask = torch.tensor(
-                [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests],
+                [
+                    [0] * (reused - n) + [1] * n + [0] * (width - len(rest)) + [1] * len(rest)
+                    for (n, _), rest in zip(hits, rests, strict=True)
+                ],
                 device=self._model.device,
             )
-            positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-            cache = DynamicCache(config=self._model.config)
+            fed = mask[:, reused:]
+            starts = torch.tensor([[n] for n, _ in hits], device=self._model.device)
+            positions = (fed.cumsum(-1) - 1 + starts).masked_fill(fed == 0, 1)
             everyone = [row.request.adapter for row in self._rows + rows]
             logits = self._forward(ids, mask, positions, cache, rows, everyone)
             tokens = self._choose(rows, logits)
@@ -180,9 +194,46 @@ class DecodeBatch:
             for request in requests:
                 request.fail(exc)
             return
+        self._keep_prompts(requests, cache, mask)
         self._merge(cache, mask, tokens)
         self._rows += rows
         self._advance(tokens.view(-1).tolist(), first=len(self._rows) - len(rows))
+
+    def _reuse(self, cache: Any, hits: Sequence[tuple[int, Prefix | None]]) -> int:
+        """Put each row's kept prefix into ``cache``, left-padded to the longest; its width."""
+        import torch
+
+        reused = max(n for n, _ in hits)
+        if not reused:
+            return 0
+        template = next(prefix for _, prefix in hits if prefix is not None)
+        for index, (keys, _) in enumerate(template.layers):
+            empty = keys[:, :, :0]
+            parts = [
+                [
+                    _left_pad(
+                        prefix.layers[index][kind][:, :, :n] if prefix else empty, reused - n, 2
+                    )
+                    for n, prefix in hits
+                ]
+                for kind in (0, 1)
+            ]
+            cache.update(torch.cat(parts[0]), torch.cat(parts[1]), index)
+        return reused
+
+    def _keep_prompts(self, requests: Sequence[GenerationRequest], cache: Any, mask: Any) -> None:
+        """Keep each new prompt's keys and values (its real columns) for later requests."""
+        if not self._prefixes.budget_bytes:
+            return
+        for row, request in enumerate(requests):
+            if self._prefixes.covers(request.adapter, request.prompt_ids):
+                continue
+            columns = mask[row].nonzero().view(-1)
+            layers = [
+                (layer.keys[row : row + 1, :, columns], layer.values[row : row + 1, :, columns])
+                for layer in cache.layers
+            ]
+            self._prefixes.keep(request.adapter, Prefix(tuple(request.prompt_ids), layers))
 
     def step(self) -> None:
         """One more token for every row; a failure fails the whole batch."""

@@ -217,6 +217,7 @@ class InferenceEngine:
             queue_limit=settings.inference_queue_limit,
             window_seconds=settings.inference_batch_window_ms / 1000,
             token_limit=settings.inference_batch_token_limit,
+            prefix_bytes=settings.inference_prefix_cache_bytes,
         )
         return cls(
             settings.inference_cache_bytes,
