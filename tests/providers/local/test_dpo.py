@@ -44,6 +44,13 @@ def pair_log_probs(model: torch.nn.Module, run: TrainingRun, count: int) -> torc
     )
 
 
+@pytest.fixture
+def float32_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train and score in float32 even on a CPU with bf16 instructions: the reference is
+    checked against a plain float32 forward pass to 1e-4, which bf16 matmuls do not reach."""
+    monkeypatch.setattr("tuneforge.providers.local.steps.cpu_has_native_bf16", lambda: False)
+
+
 def train_steps(run: TrainingRun, steps: int) -> None:
     for step in range(steps):
         assert run.objective.train_step(run, step, lambda: False) is not None
@@ -137,6 +144,7 @@ def test_dpo_training_lowers_the_loss_and_wins_the_held_out_pairs(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("float32_steps")
 def test_the_reference_is_the_model_with_the_adapter_switched_off(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
@@ -161,6 +169,7 @@ def test_the_reference_is_the_model_with_the_adapter_switched_off(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("float32_steps")
 def test_from_a_fine_tune_the_reference_is_that_fine_tune_and_the_result_serves_on_the_base(
     tmp_path: Path, tiny_model_dir: Path, tiny_adapter_dir: Path
 ) -> None:
