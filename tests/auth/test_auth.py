@@ -50,6 +50,8 @@ def test_register_rejects_a_taken_email(client: TestClient, account: Account) ->
 
     assert response.status_code == 409
     assert response.json()["error"] == "conflict"
+    # Neither the address nor the existence of an account is echoed back.
+    assert response.json()["detail"] == "This email cannot be registered"
 
 
 def test_register_validation_error_names_the_field(client: TestClient) -> None:

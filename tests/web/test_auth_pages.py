@@ -128,7 +128,7 @@ def test_register_shows_field_errors_beside_the_fields(
         },
     )
     assert taken.status_code == 409
-    assert "already exists" in taken.text
+    assert "This email cannot be registered" in taken.text
 
 
 def test_sign_out_ends_the_session(client: TestClient, web: DashboardClient) -> None:

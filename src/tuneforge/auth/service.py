@@ -97,6 +97,10 @@ class Principal:
         )
 
 
+# Says no more than the 409 does: not whose the email is, nor that an account exists.
+EMAIL_REFUSED = "This email cannot be registered"
+
+
 @dataclass(frozen=True)
 class IssuedToken:
     access_token: str
@@ -106,20 +110,22 @@ class IssuedToken:
 def register(
     session: Session, request: RegisterRequest, settings: Settings
 ) -> tuple[User, Organization, IssuedToken]:
+    # Hashed first, so a taken email answers no faster than a new one.
+    password_hash = hash_password(request.password)
     if repository.get_user_by_email(session, request.email) is not None:
-        raise Conflict(f"A user with email {request.email} already exists", field="email")
+        raise Conflict(EMAIL_REFUSED, field="email")
     user = User(
         email=request.email,
         email_key=email_key(request.email),
         name=request.name,
-        password_hash=hash_password(request.password),
+        password_hash=password_hash,
     )
     organization = Organization(name=request.organization_name)
     session.add_all([user, organization])
     try:
         session.flush()
     except IntegrityError as exc:  # a concurrent registration of the same email won the race
-        raise Conflict(f"A user with email {request.email} already exists", field="email") from exc
+        raise Conflict(EMAIL_REFUSED, field="email") from exc
     session.add(Membership(user_id=user.id, organization_id=organization.id, role=Role.OWNER))
     session.flush()
     return user, organization, _issue(user, organization.id, settings)
