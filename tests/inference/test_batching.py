@@ -218,7 +218,8 @@ def test_adapters_are_applied_as_peft_applies_them(
     tiny_chat_models: Path, adapters: list[Path]
 ) -> None:
     """The hooks' output against peft's own LoRA layers, for rows of two adapters and the
-    base in one batch."""
+    base in one batch, and again once the adapters' weights live in a stack that later
+    plans are built from (one adapter alone, then both in the other order)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -233,18 +234,24 @@ def test_adapters_are_applied_as_peft_applies_them(
     with torch.no_grad():
         plain = model(input_ids=ids).logits
     bank = AdapterBank(model)
-    keys = []
-    for path in adapters:
-        adapter = read_adapter(path, model)
+    attached = [read_adapter(path, model) for path in adapters]
+    for adapter in attached:
         bank.attach(adapter)
-        keys.append(adapter.key)
-    rows = [keys[1], None, keys[0]]
-    bank.route(rows, keys)
-    with torch.no_grad():
-        logits = model(input_ids=ids.repeat(3, 1)).logits
-    torch.testing.assert_close(logits[0], expected[1][0], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(logits[1], plain[0], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(logits[2], expected[0][0], atol=1e-4, rtol=1e-4)
+    keys = [adapter.key for adapter in attached]
+    by_key = {keys[0]: expected[0][0], keys[1]: expected[1][0], None: plain[0]}
+
+    def check(rows: list[str | None]) -> None:
+        bank.route(rows, [key for key in rows if key is not None])
+        with torch.no_grad():
+            logits = model(input_ids=ids.repeat(len(rows), 1)).logits
+        for row, key in enumerate(rows):
+            torch.testing.assert_close(logits[row], by_key[key], atol=1e-4, rtol=1e-4)
+
+    check([keys[1], None, keys[0]])
+    bank.detach(attached[1])  # the next plans are built from the first's stack
+    check([keys[0]])
+    bank.attach(read_adapter(adapters[1], model))
+    check([keys[0], keys[1]])
     assert not torch.allclose(expected[0], plain, atol=1e-2)
 
 

@@ -117,7 +117,8 @@ def _linear(model: PreTrainedModel, name: str, path: Path) -> Any:
 
 class _Plan:
     """The layers' weights for a set of adapters, stacked along the rank dimension (built
-    per layer on first use, zero-padded where an adapter skips a layer or has a lower rank)."""
+    per layer on first use, zero-padded where an adapter skips a layer or has a lower rank).
+    Stacked, an adapter's weights become views of the stack, so they are held once."""
 
     def __init__(self, adapters: Sequence[LoraAdapter]) -> None:
         self.adapters = tuple(adapters)
@@ -148,9 +149,12 @@ class _Plan:
         b = b_out.new_zeros(self.width, b_out.shape[1])
         with torch.no_grad():
             for adapter, (a_part, b_part) in present:
-                start = self.offsets[adapter.key]
-                a[:, start : start + a_part.shape[1]] = a_part
-                b[start : start + b_part.shape[0]] = b_part
+                start, rank = self.offsets[adapter.key], a_part.shape[1]
+                a[:, start : start + rank] = a_part
+                b[start : start + rank] = b_part
+                # The adapter now reads its weights from the stack: one copy in memory,
+                # not two (the copy it held is freed, or the older stack once unused).
+                adapter.layers[name] = (a[:, start : start + rank], b[start : start + rank])
         return a, b
 
     def mask(self, rows: Sequence[str | None], like: torch.Tensor) -> torch.Tensor | None:
