@@ -207,18 +207,12 @@ class DecodeBatch:
         if not reused:
             return 0
         template = next(prefix for _, prefix in hits if prefix is not None)
-        for index, (keys, _) in enumerate(template.layers):
-            empty = keys[:, :, :0]
-            parts = [
-                [
-                    _left_pad(
-                        prefix.layers[index][kind][:, :, :n] if prefix else empty, reused - n, 2
-                    )
-                    for n, prefix in hits
-                ]
-                for kind in (0, 1)
-            ]
-            cache.update(torch.cat(parts[0]), torch.cat(parts[1]), index)
+        for layer in range(len(template.layers)):
+            # A row with no kept prefix takes none of the template's columns: all padding.
+            heads = [(prefix or template).head(layer, n) for n, prefix in hits]
+            keys = torch.cat([_left_pad(k, reused - k.shape[2], 2) for k, _ in heads])
+            values = torch.cat([_left_pad(v, reused - v.shape[2], 2) for _, v in heads])
+            cache.update(keys, values, layer)
         return reused
 
     def _keep_prompts(self, requests: Sequence[GenerationRequest], cache: Any, mask: Any) -> None:

@@ -33,6 +33,11 @@ class Prefix:
     def size_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for pair in self.layers for t in pair)
 
+    def head(self, layer: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values of the first ``tokens`` tokens at ``layer``."""
+        keys, values = self.layers[layer]
+        return keys[:, :, :tokens], values[:, :, :tokens]
+
 
 def _common_length(kept: Sequence[int], prompt: Sequence[int]) -> int:
     length = 0

@@ -41,8 +41,7 @@ class JobView(NamedTuple):
     """What a job's API view shows: the job's own columns, and two from other tables.
 
     Read as plain rows, through the session's connection: building ORM objects was most of
-    a job listing's CPU, and the ORM's result handling for plain columns a sixth of what
-    was left."""
+    a job listing's CPU, and the ORM's result layer adds work plain columns do not need."""
 
     id: str
     name: str | None
