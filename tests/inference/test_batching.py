@@ -217,7 +217,7 @@ def test_sampled_and_constrained_rows_keep_their_own_processing(loaded: LoadedBa
 def test_adapters_are_applied_as_peft_applies_them(
     tiny_chat_models: Path, adapters: list[Path]
 ) -> None:
-    """The hooks' output against peft's own LoRA layers, for rows of two adapters and the
+    """The routed layers' output against peft's own LoRA layers, for rows of two adapters and the
     base in one batch, and again once the adapters' weights live in a stack that later
     plans are built from (one adapter alone, then both in the other order)."""
     from peft import PeftModel
