@@ -14,6 +14,8 @@ anything else is refused by name.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import math
 import threading
@@ -117,9 +119,9 @@ def _linear(model: PreTrainedModel, name: str, path: Path) -> Any:
 
 
 class _Plan:
-    """The layers' weights for a set of adapters, stacked along the rank dimension (built
-    per layer on first use, zero-padded where an adapter skips a layer or has a lower rank).
-    Stacked, an adapter's weights become views of the stack, so they are held once."""
+    """The layers' weights for a set of adapters, stacked along the rank dimension
+    (zero-padded where an adapter skips a layer or has a lower rank). Stacked, an adapter's
+    weights become views of the stack, so they are held once."""
 
     def __init__(self, adapters: Sequence[LoraAdapter]) -> None:
         self.adapters = tuple(adapters)
@@ -129,12 +131,12 @@ class _Plan:
             self.offsets[adapter.key] = width
             width += adapter.rank
         self.width = width
-        self._layers: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
+        names = dict.fromkeys(name for adapter in self.adapters for name in adapter.layers)
+        self._layers = {name: self._stack(name) for name in names}
+        _return_freed_memory()
 
     def layer(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if name not in self._layers:
-            self._layers[name] = self._stack(name)
-        return self._layers[name]
+        return self._layers.get(name)
 
     def _stack(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         import torch
@@ -171,6 +173,24 @@ class _Plan:
 
     def _rank(self, key: str) -> int:
         return next(adapter.rank for adapter in self.adapters if adapter.key == key)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None  # not glibc
+
+
+def _return_freed_memory() -> None:
+    """Give the free pages of the heap back to the system, where glibc holds them: once a
+    plan is stacked, the adapters' own tensors (78 MB for four r=16 fine-tunes of SmolLM2)
+    are free, but glibc keeps them in the arenas of the threads that read them, between live
+    blocks; the process would hold both copies. A few milliseconds, once per plan."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class AdapterBank:
