@@ -132,9 +132,18 @@ def test_a_large_upload_checked_by_the_pool_is_stored_as_one_pass_stores_it(
         return ordered_map(function, items, processes)
 
     monkeypatch.setattr(pool, "ordered_map", counted)
+    started: list[str] = []
+    start_fork_server = pool.start_fork_server
+
+    def recorded(module: str) -> None:  # as the body arrives, before the pool is made
+        started.append(module)
+        start_fork_server(module)
+
+    monkeypatch.setattr(pool, "start_fork_server", recorded)
     parallel = upload(content, **fields)
     assert parallel.status_code == 201, parallel.text
     assert pools == [2]
+    assert started == [ingest.SpanCheck.__module__]
     with pool.exclusive() as held:  # another upload has the pool: this one waits for none
         assert held
         meanwhile = upload(content, **fields)

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from tuneforge.auth.deps import BriefPrincipalDep, PrincipalDep
 from tuneforge.bounds import Offset
-from tuneforge.datasets import importers, ingest, service, storage
+from tuneforge.datasets import importers, ingest, service
 from tuneforge.datasets.schemas import (
     DatasetOut,
     DatasetPage,
@@ -62,10 +62,11 @@ async def upload_dataset(request: Request, principal: BriefPrincipalDep) -> Data
     """The body streams in before a session is taken: a slow upload holds no session slot."""
     state = app_state(request)
     settings = state.settings
-    limit = settings.upload_limit_bytes
-    storage.check_content_length(request.headers.get("content-length"), limit)
-    upload = await storage.receive_upload(
-        request.headers.get("content-type"), request.stream(), settings.uploads_dir, limit
+    upload = await ingest.receive_upload(
+        request.headers.get("content-type"),
+        request.headers.get("content-length"),
+        request.stream(),
+        settings,
     )
     async with request_unit_of_work(state, read_only=False) as session:
         dataset = await run_in_threadpool(

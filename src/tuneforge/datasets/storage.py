@@ -69,16 +69,17 @@ def _too_large(limit: int) -> PayloadTooLarge:
     )
 
 
-def check_content_length(header: str | None, limit: int) -> None:
-    """Refuse a declared oversize body before reading a byte of it."""
+def check_content_length(header: str | None, limit: int) -> int | None:
+    """The body's declared size; refuses a declared oversize body before reading a byte of it."""
     if header is None:
-        return
+        return None
     try:
         declared = int(header)
     except ValueError as exc:
         raise InvalidInput("Content-Length is not a number", field="content-length") from exc
     if declared > limit + FORM_OVERHEAD_BYTES:
         raise _too_large(limit)
+    return declared
 
 
 class _MultipartSink:

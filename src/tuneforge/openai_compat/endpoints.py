@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from tuneforge.auth.deps import BriefPrincipalDep, PrincipalDep
-from tuneforge.datasets import storage
+from tuneforge.datasets import ingest
 from tuneforge.db.session import SessionDep, request_unit_of_work
 from tuneforge.errors import (
     BadRequest,
@@ -71,10 +71,11 @@ WRITE_ERRORS = openai_error_responses(Unauthorized, NotFound, BadRequest, Invali
 async def upload_file(request: Request, principal: BriefPrincipalDep) -> FileObject:
     state = app_state(request)
     settings = state.settings
-    limit = settings.upload_limit_bytes
-    storage.check_content_length(request.headers.get("content-length"), limit)
-    upload = await storage.receive_upload(
-        request.headers.get("content-type"), request.stream(), settings.uploads_dir, limit
+    upload = await ingest.receive_upload(
+        request.headers.get("content-type"),
+        request.headers.get("content-length"),
+        request.stream(),
+        settings,
     )
     async with request_unit_of_work(state, read_only=False) as session:
         dataset = await run_in_threadpool(
