@@ -272,10 +272,16 @@ async def receive_upload(
     the body streams in, not after it (~0.8 s for a process's first large upload)."""
     limit = settings.upload_limit_bytes
     declared = storage.check_content_length(content_length, limit)
-    processes = settings.ingest_processes or pool.usable_cores()
-    if declared is not None and declared >= PARALLEL_MIN_BYTES and processes >= 2:
+    if declared is not None and _pool_processes(settings, declared):
         pool.start_fork_server(SpanCheck.__module__)
     return await storage.receive_upload(content_type, body, settings.uploads_dir, limit)
+
+
+def _pool_processes(settings: Settings, size_bytes: int) -> int:
+    """How many pool workers check a JSON Lines file of ``size_bytes``; 0: the request
+    thread checks it alone (a small file, or one core)."""
+    processes = settings.ingest_processes or pool.usable_cores()
+    return processes if size_bytes >= PARALLEL_MIN_BYTES and processes >= 2 else 0
 
 
 def _ingest_file(
@@ -286,10 +292,10 @@ def _ingest_file(
     fmt: DatasetFormat,
     processes: int,
 ) -> int:
-    """A large JSON Lines file on ``processes`` cores, anything else in this thread."""
-    large = fmt is DatasetFormat.JSONL and dataset.file_size_bytes >= PARALLEL_MIN_BYTES
+    """A JSON Lines file on ``processes`` pool workers (if any, and the pool is free),
+    anything else in this thread."""
     with pool.exclusive() as pool_is_free:
-        if large and processes >= 2 and pool_is_free:
+        if fmt is DatasetFormat.JSONL and processes and pool_is_free:
             spans = jsonl_spans(check.path, SPAN_BYTES)
             return ingest_spans(session, builder, pool.ordered_map(check, spans, processes))
     examples = ((raw, None) for raw in read_examples(check.path, fmt))
@@ -358,7 +364,7 @@ def create_from_upload(
         session.add(dataset)
         session.flush()
         check = SpanCheck(path, model, price, RowTarget.of(session, dataset))
-        processes = settings.ingest_processes or pool.usable_cores()
+        processes = _pool_processes(settings, dataset.file_size_bytes)
         if _ingest_file(session, dataset, builder, check, fmt, processes) == 0:
             raise InvalidInput(f"{upload.filename} holds no examples", field="file")
         apply_report(dataset, builder)
